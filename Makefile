@@ -1,0 +1,31 @@
+# Two commands for a fresh machine: `make run` (quickstart) and `make test` (the test suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+.PHONY: install run test test-fast lint clean
+
+# torch first, CPU build, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(OFFLINE) $(BIN)/memeval run suites/quickstart.yaml
+
+test: install
+	$(OFFLINE) $(BIN)/python -m pytest -q
+
+test-fast: install
+	$(OFFLINE) $(BIN)/python -m pytest -q -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) memeval-runs .pytest_cache

@@ -1,0 +1,224 @@
+"""The `memeval` command: run, validate, list."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from memeval import __version__
+from memeval.cache import MODES
+from memeval.config import Config
+from memeval.errors import ExitCode, UsageError
+from memeval.plugins import build_registry, distributions, make_plugin_manager
+from memeval.suite import SuiteErrors
+
+EXIT_CODES_HELP = """exit codes: 0 all gates passed, 1 a gate failed, 2 interrupted, 3 internal error,
+4 usage or suite error, 5 nothing selected"""
+
+
+def _model_override(text: str) -> tuple[str, str]:
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    return name, path
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
+                        help="load plugin module NAME, or block plugin NAME with no:NAME")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="print less")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="print more")
+
+
+def build_parser(pm: Any) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memeval", description="Measure what machine-learning models memorize.",
+                                     epilog=EXIT_CODES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"memeval {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run suites", epilog=EXIT_CODES_HELP)
+    run.add_argument("suites", nargs="+", metavar="SUITE", help="suite YAML files")
+    run.add_argument("-k", dest="keyword", metavar="EXPR",
+                     help="only evaluations whose id/method/model/dataset match EXPR (and, or, not, parentheses)")
+    run.add_argument("--out", metavar="DIR", help="run directory (default memeval-runs/<suite>-<time>)")
+    run.add_argument("--seed", type=int, help="override the suite's seed")
+    run.add_argument("--limit", type=int, metavar="N", help="use only the first N samples of each dataset")
+    run.add_argument("--cache", choices=MODES, default="use",
+                     help="use: read and write; refresh: recompute and write; off; only: replay, a miss is an error")
+    run.add_argument("--cache-dir", metavar="DIR", help="cache directory (default $MEMEVAL_CACHE_DIR or ~/.cache/memeval)")
+    run.add_argument("--model", action="append", type=_model_override, default=[], metavar="NAME=PATH",
+                     help="point the suite's model NAME at the hf-causal checkpoint PATH")
+    _common(run)
+    run.set_defaults(func=cmd_run)
+
+    validate = commands.add_parser("validate", help="check suites (schema and references) without loading models")
+    validate.add_argument("suites", nargs="+", metavar="SUITE")
+    validate.add_argument("--model", action="append", type=_model_override, default=[], metavar="NAME=PATH")
+    _common(validate)
+    validate.set_defaults(func=cmd_validate)
+
+    listing = commands.add_parser("list", help="list methods, model adapters, dataset loaders and reporters")
+    listing.add_argument("--json", action="store_true", help="print JSON")
+    _common(listing)
+    listing.set_defaults(func=cmd_list)
+
+    pm.hook.memeval_addoption(parser=run)
+    return parser
+
+
+def _plugin_args(argv: list[str]) -> list[str]:
+    """`-p` values, read before the full parse so plugins can add options."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg == "-p" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("-p") and len(arg) > 2 and not arg.startswith("--"):
+            found.append(arg[2:])
+    return found
+
+
+def default_out_dir(suite_path: str, base: str | None, several: bool) -> Path:
+    stem = Path(suite_path).stem
+    if base:
+        return Path(base) / stem if several else Path(base)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("memeval-runs") / f"{stem}-{stamp}"
+
+
+def cmd_run(config: Config) -> ExitCode:
+    from memeval.runner import run_suite
+
+    options = config.options
+    worst = ExitCode.OK
+    for path in options.suites:
+        code = run_suite(config, path, default_out_dir(path, options.out, len(options.suites) > 1))
+        worst = max(worst, code, key=_severity)
+    return worst
+
+
+def _severity(code: ExitCode) -> int:
+    return [ExitCode.OK, ExitCode.NO_EVALUATIONS, ExitCode.GATES_FAILED, ExitCode.INTERNAL_ERROR,
+            ExitCode.INTERRUPTED, ExitCode.USAGE_ERROR].index(code)
+
+
+def cmd_validate(config: Config) -> ExitCode:
+    from memeval.runner import load_and_collect
+
+    errors: list[str] = []
+    for path in config.options.suites:
+        try:
+            suite, items = load_and_collect(config, path)
+            print(f"{path}: ok ({len(items)} evaluations, {len(suite.spec.models)} models, "
+                  f"{len(suite.spec.datasets)} datasets)")
+        except (UsageError, SuiteErrors) as exc:
+            errors.append(str(exc))
+    if errors:
+        raise UsageError("\n".join(errors))
+    return ExitCode.OK
+
+
+def describe_registry(config: Config) -> dict[str, Any]:
+    registry, dists = config.registry, distributions(config.pluginmanager)
+
+    def origin(kind: str, name: str) -> dict[str, Any]:
+        plugin = registry.entry(kind, name).plugin
+        return {"plugin": plugin, "distribution": dists.get(plugin, "memeval (builtin)")}
+
+    def params(model: Any) -> list[dict[str, Any]]:
+        out = []
+        for field_name, info in model.model_fields.items():
+            default = None if info.is_required() else info.get_default(call_default_factory=True)
+            if hasattr(default, "model_dump"):
+                default = default.model_dump()
+            out.append({"name": info.alias or field_name, "type": _type_name(info.annotation),
+                        "required": info.is_required(), "default": default, "description": info.description or ""})
+        return out
+
+    methods = []
+    for name in registry.names("method"):
+        cls = registry.get("method", name)
+        methods.append({"name": name, "summary": cls.summary, **origin("method", name),
+                        "requires": sorted(cls.requires), "params": params(cls.Params),
+                        "metrics": [{"name": m.name, "higher_is_worse": m.higher_is_worse,
+                                     "description": m.description} for m in cls.metrics],
+                        "doc": (cls.__doc__ or "").strip()})
+    adapters = []
+    for name in registry.names("adapter"):
+        cls = registry.get("adapter", name)
+        adapters.append({"name": name, "summary": cls.summary, **origin("adapter", name),
+                         "capabilities": sorted(cls.capabilities), "params": params(cls.Params)})
+    loaders = [{"name": n, "summary": (registry.get("loader", n).__doc__ or "").strip(), **origin("loader", n)}
+               for n in registry.names("loader")]
+    reporters = [{"name": n, "summary": (registry.get("reporter", n).__doc__ or "").strip().splitlines()[0],
+                  **origin("reporter", n)} for n in registry.names("reporter")]
+    return {"methods": methods, "adapters": adapters, "loaders": loaders, "reporters": reporters}
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    return text or str(annotation).replace("typing.", "")
+
+
+def cmd_list(config: Config) -> ExitCode:
+    info = describe_registry(config)
+    if config.options.json:
+        print(json.dumps(info, indent=2, default=str))
+        return ExitCode.OK
+    print("methods:")
+    for m in info["methods"]:
+        print(f"  {m['name']}  [{m['plugin']}: {m['distribution']}]  needs {', '.join(m['requires']) or 'nothing'}")
+        print(f"      {m['summary']}")
+        for p in m["params"]:
+            default = "required" if p["required"] else f"default {p['default']!r}"
+            print(f"      param {p['name']}: {p['type']} ({default}) {p['description']}".rstrip())
+        for metric in m["metrics"]:
+            direction = {True: "higher = more memorization", False: "lower = more memorization",
+                         None: "no direction"}[metric["higher_is_worse"]]
+            print(f"      metric {metric['name']} ({direction}): {metric['description']}")
+    for kind in ("adapters", "loaders", "reporters"):
+        print(f"{kind}:")
+        for entry in info[kind]:
+            extra = f"  capabilities: {', '.join(entry['capabilities'])}" if "capabilities" in entry else ""
+            print(f"  {entry['name']}  [{entry['plugin']}: {entry['distribution']}]  {entry['summary']}{extra}")
+            for p in entry.get("params", []):
+                default = "required" if p["required"] else f"default {p['default']!r}"
+                print(f"      param {p['name']}: {p['type']} ({default}) {p['description']}".rstrip())
+    return ExitCode.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    config: Config | None = None
+    try:
+        pm = make_plugin_manager(_plugin_args(argv))
+        parser = build_parser(pm)
+        options = parser.parse_args(argv)
+        if not getattr(options, "command", None):
+            parser.print_help()
+            return ExitCode.USAGE_ERROR
+        config = Config(options=options, pluginmanager=pm, registry=build_registry(pm))
+        pm.hook.memeval_configure(config=config)
+        return int(options.func(config))
+    except SystemExit as exc:  # argparse: --help is 0, a bad option is 2 -> usage error 4
+        return ExitCode.OK if exc.code in (0, None) else ExitCode.USAGE_ERROR
+    except (UsageError, SuiteErrors) as exc:
+        print(f"ERROR: {exc}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED
+    except Exception:
+        traceback.print_exc()
+        print("INTERNAL ERROR: the traceback above is a memeval or plugin bug", file=sys.stderr)
+        return ExitCode.INTERNAL_ERROR
+    finally:
+        if config is not None:
+            config.pluginmanager.hook.memeval_unconfigure(config=config)

@@ -1,0 +1,169 @@
+"""Collection: a validated suite becomes evaluation items, checked against the registry.
+
+Every reference is resolved here, before any model or dataset is loaded: adapters and their
+params, loaders and data files, methods and their params, gate metrics, baselines. Errors name the
+file, the line, the field and what was expected, with a "did you mean" for near-misses.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from memeval.data import FILE_BUILDERS, data_files
+from memeval.errors import UsageError, did_you_mean
+from memeval.method import Method
+from memeval.registry import Registry, UnknownName
+from memeval.suite import EvaluationSpec, ModelSpec, SuiteErrors, SuiteFile, validation_errors
+
+
+@dataclass
+class Item:
+    """One evaluation to run: the spec, its method class and validated params."""
+
+    suite: SuiteFile
+    spec: EvaluationSpec
+    index: int
+    method_cls: type[Method]
+    params: BaseModel
+    keywords: set[str] = field(default_factory=set)
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    @property
+    def nodeid(self) -> str:
+        return f"{self.suite.path}::{self.spec.id}"
+
+
+@dataclass
+class Collector:
+    suite: SuiteFile
+    registry: Registry
+    errors: list[UsageError] = field(default_factory=list)
+
+    def fail(self, loc: tuple[Any, ...], message: str) -> None:
+        self.errors.append(self.suite.error(loc, message))
+
+    def lookup(self, kind: str, name: str, loc: tuple[Any, ...]) -> Any:
+        try:
+            return self.registry.get(kind, name)
+        except UnknownName as exc:
+            self.fail(loc, str(exc))
+            return None
+
+    def validate_params(self, model: type[BaseModel], values: dict[str, Any], loc: tuple[Any, ...]) -> BaseModel | None:
+        try:
+            return model.model_validate(values)
+        except ValidationError as exc:
+            self.errors.extend(validation_errors(exc, model, str(self.suite.path), self.suite.lines, loc))
+            return None
+
+
+def apply_model_overrides(suite: SuiteFile, overrides: dict[str, str]) -> None:
+    """`--model NAME=PATH`: point a suite's model at another checkpoint (an hf-causal directory)."""
+    for name, path in overrides.items():
+        models = suite.spec.models
+        if name not in models:
+            raise UsageError(f"--model {name}={path}: the suite has no model {name!r}"
+                             f"{did_you_mean(name, models)} (models: {', '.join(models) or 'none'})",
+                             file=str(suite.path))
+        keep = {k: v for k, v in models[name].params.items() if k in ("dtype", "device", "batch_size", "threads")}
+        resolved = Path(path).expanduser()
+        models[name] = ModelSpec(adapter="hf-causal", path=str(resolved.resolve() if resolved.exists() else path), **keep)
+
+
+def collect(suite: SuiteFile, registry: Registry) -> list[Item]:
+    """All evaluation items of a suite, or SuiteErrors listing every problem found."""
+    c = Collector(suite, registry)
+    model_adapters = _check_models(c)
+    _check_datasets(c)
+    items = []
+    seen: dict[str, int] = {}
+    for index, spec in enumerate(suite.spec.evaluations):
+        loc = ("evaluations", index)
+        if spec.id in seen:
+            c.fail((*loc, "id"), f"duplicate evaluation id {spec.id!r} (also evaluations[{seen[spec.id]}])")
+        seen.setdefault(spec.id, index)
+        item = _check_evaluation(c, spec, loc, model_adapters)
+        if item is not None:
+            items.append(Item(suite, spec, index, item[0], item[1],
+                              keywords={spec.id, spec.method, spec.model or "", spec.dataset or "", suite.spec.suite}))
+    if c.errors:
+        raise SuiteErrors(sorted(c.errors, key=lambda e: e.line or 0))
+    return items
+
+
+def _check_models(c: Collector) -> dict[str, Any]:
+    adapters = {}
+    for name, spec in c.suite.spec.models.items():
+        loc = ("models", name)
+        adapter = c.lookup("adapter", spec.adapter, (*loc, "adapter"))
+        if adapter is None:
+            continue
+        params = c.validate_params(adapter.Params, spec.params, loc)
+        if params is None:
+            continue
+        adapters[name] = adapter
+        for key, dataset in adapter.dataset_refs(params):
+            if dataset not in c.suite.spec.datasets:
+                c.fail((*loc, key), f"unknown dataset {dataset!r}{did_you_mean(dataset, c.suite.spec.datasets)}")
+        path = getattr(params, "path", None)
+        if isinstance(path, str) and _looks_local(path) and not c.suite.resolve_path(path).exists():
+            c.fail((*loc, "path"), f"model path {str(c.suite.resolve_path(path))!r} does not exist")
+    return adapters
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or path.count("/") > 1 or bool(re.match(r"^[A-Za-z]:\\", path))
+
+
+def _check_datasets(c: Collector) -> None:
+    for name, spec in c.suite.spec.datasets.items():
+        loc = ("datasets", name)
+        if c.lookup("loader", spec.loader, (*loc, "loader")) is None:
+            continue
+        if spec.loader in FILE_BUILDERS and not data_files(spec, c.suite):
+            c.fail((*loc, "path"), f"data file {str(c.suite.resolve_path(spec.path))!r} does not exist")
+
+
+def _check_evaluation(c: Collector, spec: EvaluationSpec, loc: tuple[Any, ...],
+                      adapters: dict[str, Any]) -> tuple[type[Method], BaseModel] | None:
+    suite = c.suite.spec
+    method = c.lookup("method", spec.method, (*loc, "method"))
+    if spec.model is not None and spec.model not in suite.models:
+        c.fail((*loc, "model"), f"unknown model {spec.model!r}{did_you_mean(spec.model, suite.models)}"
+                                f" (models: {', '.join(suite.models) or 'none'})")
+    if spec.dataset is not None and spec.dataset not in suite.datasets:
+        c.fail((*loc, "dataset"), f"unknown dataset {spec.dataset!r}{did_you_mean(spec.dataset, suite.datasets)}"
+                                  f" (datasets: {', '.join(suite.datasets) or 'none'})")
+    if method is None:
+        return None
+    if method.requires and spec.model is None:
+        c.fail(loc, f"method {method.name!r} needs a model: set 'model'")
+    if method.needs_dataset and spec.dataset is None:
+        c.fail(loc, f"method {method.name!r} needs a dataset: set 'dataset'")
+    adapter = adapters.get(spec.model or "")
+    if adapter is not None and not method.requires <= adapter.capabilities:
+        missing = ", ".join(sorted(method.requires - adapter.capabilities))
+        c.fail((*loc, "model"), f"method {method.name!r} needs {missing}, which adapter {adapter.name!r} "
+                                f"does not provide")
+    params = c.validate_params(method.Params, spec.params, (*loc, "params"))
+    for g, gate in enumerate(spec.gates):
+        if gate.metric not in method.metric_names():
+            c.fail((*loc, "gates", g, "metric"), f"method {method.name!r} does not produce metric {gate.metric!r}"
+                   f"{did_you_mean(gate.metric, method.metric_names())} (metrics: {', '.join(method.metric_names())})")
+        if gate.baseline is not None and not baseline_file(c.suite, gate.baseline).exists():
+            c.fail((*loc, "gates", g, "baseline"), f"baseline run {str(baseline_file(c.suite, gate.baseline))!r} "
+                                                    f"does not exist")
+    return (method, params) if params is not None else None
+
+
+def baseline_file(suite: SuiteFile, path: str) -> Path:
+    resolved = suite.resolve_path(path)
+    return resolved / "run.json" if resolved.suffix != ".json" else resolved

@@ -1,0 +1,146 @@
+"""Datasets through Hugging Face `datasets`: jsonl/json, csv, parquet, text files, hub names."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from memeval import hookimpl
+from memeval.errors import UsageError, did_you_mean
+from memeval.registry import Registry
+from memeval.suite import DatasetSpec, SuiteFile
+
+FILE_BUILDERS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet", "text": "text"}
+
+
+@dataclass
+class Sample:
+    """One example. Text datasets fill `text` (or `prefix`/`suffix`); token datasets fill `tokens`."""
+
+    id: str
+    text: str | None = None
+    prefix: str | None = None
+    suffix: str | None = None
+    tokens: list[int] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_text(self) -> str | None:
+        if self.text is not None:
+            return self.text
+        if self.prefix is not None:
+            return self.prefix + (self.suffix or "")
+        return None
+
+
+Loader = Callable[[DatasetSpec, SuiteFile], Any]
+
+
+def _quiet_datasets() -> None:
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+
+
+def data_files(spec: DatasetSpec, suite: SuiteFile) -> list[Path]:
+    """The local files a file loader reads (a file, a directory's files, or a glob)."""
+    path = suite.resolve_path(spec.path)
+    if any(ch in spec.path for ch in "*?["):
+        return sorted(p for p in path.parent.glob(path.name) if p.is_file())
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    return [path] if path.is_file() else []
+
+
+def file_loader(builder: str) -> Loader:
+    def load(spec: DatasetSpec, suite: SuiteFile) -> Any:
+        import datasets
+
+        _quiet_datasets()
+        files = data_files(spec, suite)
+        try:
+            return datasets.load_dataset(builder, data_files={spec.split: [str(f) for f in files]},
+                                         split=spec.split)
+        except Exception as exc:  # datasets raises many kinds; all mean the file is unreadable
+            raise UsageError(f"cannot read {builder} data {[str(f) for f in files]}: {exc}") from None
+
+    load.__doc__ = f"local {builder} files through datasets.load_dataset({builder!r})"
+    return load
+
+
+def hub_loader(spec: DatasetSpec, suite: SuiteFile) -> Any:
+    """a dataset from the Hugging Face hub (needs network; HF_DATASETS_OFFLINE=1 forbids it)"""
+    import datasets
+
+    _quiet_datasets()
+    try:
+        return datasets.load_dataset(spec.path, spec.config, split=spec.split, revision=spec.revision)
+    except Exception as exc:
+        raise UsageError(f"cannot load hub dataset {spec.path!r}: {exc}") from None
+
+
+def builtin_loaders() -> dict[str, Loader]:
+    loaders: dict[str, Loader] = {name: file_loader(builder) for name, builder in FILE_BUILDERS.items()}
+    loaders["hub"] = hub_loader
+    return loaders
+
+
+def rows_to_samples(rows: Any, spec: DatasetSpec, suite: SuiteFile, name: str) -> list[Sample]:
+    """Check the named fields exist and turn rows into samples (limit and shuffle applied)."""
+    columns = list(getattr(rows, "column_names", None) or [])
+    for key in ("text_field", "prefix_field", "suffix_field", "tokens_field", "id_field"):
+        wanted = getattr(spec, key)
+        if wanted is not None and columns and wanted not in columns:
+            raise suite.error(("datasets", name, key),
+                              f"column {wanted!r} is not in the data{did_you_mean(wanted, columns)} "
+                              f"(columns: {', '.join(columns)})")
+    if spec.shuffle:
+        rows = rows.shuffle(seed=suite.spec.seed)
+    if spec.limit is not None and len(rows) > spec.limit:
+        rows = rows.select(range(spec.limit))
+    samples = [_sample(row, index, spec) for index, row in enumerate(rows)]
+    if not samples:
+        raise suite.error(("datasets", name), "the dataset is empty (0 rows)")
+    return samples
+
+
+def _sample(row: dict[str, Any], index: int, spec: DatasetSpec) -> Sample:
+    used = {spec.text_field, spec.prefix_field, spec.suffix_field, spec.tokens_field, spec.id_field}
+    sample_id = str(row[spec.id_field]) if spec.id_field else str(index)
+    return Sample(
+        id=sample_id,
+        text=row[spec.text_field] if spec.text_field else None,
+        prefix=row[spec.prefix_field] if spec.prefix_field else None,
+        suffix=row[spec.suffix_field] if spec.suffix_field else None,
+        tokens=list(row[spec.tokens_field]) if spec.tokens_field else None,
+        meta={k: v for k, v in row.items() if k not in used and _is_plain(v)})
+
+
+def _is_plain(value: Any) -> bool:
+    return isinstance(value, str | int | float | bool) or value is None
+
+
+def fingerprint(samples: list[Sample]) -> str:
+    """Content hash of samples (what a recipe model is trained on)."""
+    digest = hashlib.sha256()
+    for sample in samples:
+        digest.update(json.dumps([sample.id, sample.text, sample.prefix, sample.suffix, sample.tokens]).encode())
+    return digest.hexdigest()
+
+
+def iter_texts(samples: list[Sample]) -> Iterator[str]:
+    for sample in samples:
+        text = sample.full_text
+        if text is not None:
+            yield text
+
+
+@hookimpl
+def memeval_register(registry: Registry) -> None:
+    for name, loader in builtin_loaders().items():
+        registry.add_loader(name, loader)

@@ -1,0 +1,18 @@
+"""Model adapters: they give capabilities (generate, logprobs, ...), not model classes.
+
+This module is also the builtin plugin that registers the adapters memeval ships.
+"""
+
+from memeval import hookimpl
+from memeval.models.base import AdapterContext, CachedCausalLM, CausalLM, ModelAdapter, TokenScores
+from memeval.models.hf_causal import HFCausal
+from memeval.models.recipe import Recipe
+from memeval.registry import Registry
+
+__all__ = ["AdapterContext", "CachedCausalLM", "CausalLM", "HFCausal", "ModelAdapter", "Recipe", "TokenScores"]
+
+
+@hookimpl
+def memeval_register(registry: Registry) -> None:
+    registry.add_adapter(HFCausal)
+    registry.add_adapter(Recipe)

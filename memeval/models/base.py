@@ -1,0 +1,150 @@
+"""Adapter interfaces and the cache wrapper every causal LM goes through."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel
+
+from memeval.cache import CallCounter, OutputCache, output_key
+
+if TYPE_CHECKING:
+    from memeval.data import Sample
+
+CAPABILITIES = ("generate", "logprobs", "embed", "classify", "train")
+
+
+@dataclass
+class AdapterContext:
+    """What an adapter may use while it is built: where the suite is, the seed, the cache."""
+
+    base_dir: Path
+    seed: int
+    cache: OutputCache
+    cache_dir: Path
+    load_dataset: Callable[[str], list[Sample]]
+    log: Callable[[str], None] = lambda message: None
+
+
+class ModelAdapter:
+    """Base of every adapter. `name` is what a suite's `adapter:` says."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]]
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, params: BaseModel, context: AdapterContext):
+        self.params = params
+        self.context = context
+
+    @classmethod
+    def dataset_refs(cls, params: BaseModel) -> list[tuple[str, str]]:
+        """(field, dataset name) pairs this model needs from the suite's datasets."""
+        return []
+
+    def identity(self) -> dict[str, Any]:
+        """What makes this model's outputs what they are (path, weights hash, dtype...)."""
+        raise NotImplementedError
+
+    @property
+    def identity_key(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:24]
+
+
+@dataclass
+class TokenScores:
+    """Per-position statistics of one sequence from one teacher-forced forward pass.
+
+    Position t (0-based, length n-1) describes predicting token t+1 from tokens 0..t:
+    `logprob` of the true token, `argmax` token, `margin` between the top-1 and top-2 log-probs,
+    and the mean and standard deviation of log p(z) under the model's own next-token
+    distribution (what Min-K%++ standardises by).
+    """
+
+    logprob: np.ndarray
+    argmax: np.ndarray
+    margin: np.ndarray
+    mean_logprob: np.ndarray
+    std_logprob: np.ndarray
+
+    def to_bytes(self) -> bytes:
+        rows = [self.logprob, self.argmax.astype(np.float64), self.margin, self.mean_logprob, self.std_logprob]
+        return np.stack([np.asarray(r, dtype=np.float64) for r in rows]).astype(np.float32).tobytes()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> TokenScores:
+        rows = np.frombuffer(blob, dtype=np.float32).reshape(5, -1)
+        return cls(rows[0], rows[1].astype(np.int64), rows[2], rows[3], rows[4])
+
+
+class CausalLM(ModelAdapter):
+    """A causal language model: tokenize, score token sequences, generate."""
+
+    capabilities = frozenset({"generate", "logprobs"})
+
+    def tokenize(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
+        raise NotImplementedError
+
+    def decode(self, ids: Sequence[int]) -> str:
+        raise NotImplementedError
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[TokenScores]:
+        raise NotImplementedError
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int = 0, stop_at_eos: bool = False) -> list[list[int]]:
+        raise NotImplementedError
+
+
+class CachedCausalLM:
+    """Wraps a CausalLM: outputs come from the cache when it has them, and each computed batch is
+    committed before the next starts. Counts what was computed and what was replayed."""
+
+    def __init__(self, model: CausalLM, cache: OutputCache):
+        self.model = model
+        self.cache = cache
+        self.counter = CallCounter()
+        self.model_id = model.identity_key
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[TokenScores]:
+        return self._cached("score", {}, sequences, self.model.score, TokenScores.to_bytes, TokenScores.from_bytes)
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, **options: Any) -> list[list[int]]:
+        params = {"max_new_tokens": max_new_tokens, **options}
+        return self._cached("generate", params, prompts,
+                            lambda batch: self.model.generate(batch, max_new_tokens, **options),
+                            lambda ids: np.asarray(ids, dtype=np.int32).tobytes(),
+                            lambda blob: np.frombuffer(blob, dtype=np.int32).tolist())
+
+    def _cached(self, op: str, params: dict[str, Any], inputs: Sequence[Sequence[int]],
+                compute: Callable[[list[Sequence[int]]], list[Any]],
+                dump: Callable[[Any], bytes], load: Callable[[bytes], Any]) -> list[Any]:
+        keys = [output_key(self.model_id, op, params, ids) for ids in inputs]
+        found = self.cache.get_many(keys)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        self.cache.require(len(missing), f"{op} outputs of model {self.model_id}")
+        results: list[Any] = [None] * len(inputs)
+        for i, key in enumerate(keys):
+            if key in found:
+                results[i] = load(found[key])
+        self.counter.cache_hits += len(inputs) - len(missing)
+        if missing:
+            # Round-trip fresh outputs through the stored form, so a replay gives identical values.
+            blobs = [dump(out) for out in compute([inputs[i] for i in missing])]
+            self.cache.put_many(self.model_id, op, [(keys[i], blob) for i, blob in zip(missing, blobs, strict=True)])
+            for i, blob in zip(missing, blobs, strict=True):
+                results[i] = load(blob)
+            self.counter.computed += len(missing)
+            self.counter.batches += 1
+        return results

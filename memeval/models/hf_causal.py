@@ -1,0 +1,249 @@
+"""`hf-causal`: a Hugging Face causal LM from a local directory (or a hub id when online)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from memeval.errors import UsageError
+from memeval.models.base import AdapterContext, CausalLM, TokenScores
+
+WEIGHT_AND_CONFIG_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.json", "*.model",
+                           "*.txt", "*.tiktoken")
+DTYPES = ("float32", "bfloat16", "float16", "auto")
+
+
+class HFCausalParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="local model directory (relative to the suite) or hub id")
+    revision: str | None = Field(None, description="hub revision (commit, tag or branch)")
+    gguf_file: str | None = Field(None, description="GGUF file inside `path` to load")
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
+    trust_remote_code: bool = False
+    batch_size: int = Field(16, ge=1)
+    add_special_tokens: bool = Field(True, description="let the tokenizer add BOS/EOS as it does")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads while this model runs")
+
+
+def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+class HFCausal(CausalLM):
+    name = "hf-causal"
+    summary = "Hugging Face causal LM (transformers AutoModelForCausalLM), local or from the hub"
+    Params = HFCausalParams
+
+    def __init__(self, params: HFCausalParams, context: AdapterContext):
+        super().__init__(params, context)
+        self.location, self.local = self._locate(params.path, context.base_dir)
+        self._tokenizer = None
+        self._model = None
+        self._identity: dict[str, Any] | None = None
+
+    @staticmethod
+    def _locate(path: str, base_dir: Path) -> tuple[str, bool]:
+        candidate = Path(path).expanduser()
+        if not candidate.is_absolute():
+            candidate = base_dir / candidate
+        if candidate.exists():
+            return str(candidate.resolve()), True
+        looks_like_hub_id = path.count("/") <= 1 and not path.startswith((".", "/", "~"))
+        if not looks_like_hub_id:
+            raise UsageError(f"model directory {str(candidate)!r} does not exist")
+        return path, False
+
+    # -- identity ---------------------------------------------------------------------------
+
+    def identity(self) -> dict[str, Any]:
+        if self._identity is None:
+            p = self.params
+            ident: dict[str, Any] = {"adapter": self.name, "path": self.location, "dtype": p.dtype,
+                                     "add_special_tokens": p.add_special_tokens}
+            if self.local:
+                ident["files_sha256"] = self._files_digest()
+            else:
+                ident["revision"] = p.revision or "main"
+            if p.gguf_file:
+                ident["gguf_file"] = p.gguf_file
+            self._identity = ident
+        return self._identity
+
+    def _files_digest(self) -> dict[str, str]:
+        root = Path(self.location)
+        if self.params.gguf_file:
+            files = [root / self.params.gguf_file]
+        elif root.is_file():
+            files = [root]
+        else:
+            files = sorted({f for pattern in WEIGHT_AND_CONFIG_FILES for f in root.glob(pattern) if f.is_file()})
+        if not files:
+            raise UsageError(f"model directory {self.location!r} holds no weights or config files")
+        return {str(f.relative_to(root) if f != root else f.name): self.context.cache.file_digest(f) for f in files}
+
+    # -- loading ----------------------------------------------------------------------------
+
+    def _load_kwargs(self) -> dict[str, Any]:
+        p = self.params
+        kwargs: dict[str, Any] = {"trust_remote_code": p.trust_remote_code}
+        if p.revision:
+            kwargs["revision"] = p.revision
+        if p.gguf_file:
+            kwargs["gguf_file"] = p.gguf_file
+        return kwargs
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            try:
+                tok = AutoTokenizer.from_pretrained(self.location, **self._load_kwargs())
+            except OSError as exc:
+                raise UsageError(self._load_error("tokenizer", exc)) from None
+            if tok.pad_token_id is None:
+                tok.pad_token = tok.eos_token
+            self._tokenizer = tok
+        return self._tokenizer
+
+    @property
+    def torch_model(self) -> Any:
+        if self._model is None:
+            import torch
+            from transformers import AutoModelForCausalLM
+
+            dtype = "auto" if self.params.dtype == "auto" else getattr(torch, self.params.dtype)
+            try:
+                model = AutoModelForCausalLM.from_pretrained(self.location, dtype=dtype, **self._load_kwargs())
+            except OSError as exc:
+                raise UsageError(self._load_error("model", exc)) from None
+            self._model = model.to(self.device).eval()
+        return self._model
+
+    @property
+    def device(self) -> str:
+        import torch
+
+        device = self.params.device
+        if device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return device
+
+    def _load_error(self, what: str, exc: Exception) -> str:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1"
+        hint = " (HF_HUB_OFFLINE=1: hub ids cannot be downloaded)" if offline and not self.local else ""
+        return f"cannot load {what} from {self.location!r}{hint}: {exc}"
+
+    # -- capabilities -----------------------------------------------------------------------
+
+    def tokenize(self, texts: Sequence[str], add_special_tokens: bool | None = None) -> list[list[int]]:
+        special = self.params.add_special_tokens if add_special_tokens is None else add_special_tokens
+        return self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+    def _threads(self) -> _Threads:
+        return _Threads(self.params.threads)
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[TokenScores]:
+        """Teacher-forced statistics of every sequence; one forward pass per batch of similar length."""
+        import torch
+
+        model = self.torch_model
+        pad = self.tokenizer.pad_token_id
+        order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+        out: list[TokenScores | None] = [None] * len(sequences)
+        with self._threads(), torch.inference_mode():
+            for batch in chunks(order, self.params.batch_size):
+                width = max(len(sequences[i]) for i in batch)
+                ids = torch.full((len(batch), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
+                    mask[row, :len(sequences[i])] = 1
+                logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                for row, i in enumerate(batch):
+                    n = len(sequences[i])
+                    out[i] = _token_scores(logits[row, :n - 1].float(), ids[row, 1:n].to(logits.device))
+        return out  # type: ignore[return-value]
+
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 seed: int = 0, stop_at_eos: bool = False) -> list[list[int]]:
+        """Batched, left-padded generation of exactly `max_new_tokens` tokens (unless `stop_at_eos`)."""
+        import torch
+        from transformers import GenerationConfig
+
+        model, tok = self.torch_model, self.tokenizer
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id if stop_at_eos else None,
+            temperature=temperature if do_sample else None, top_k=top_k if do_sample else None,
+            top_p=top_p if do_sample else None)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        out: list[list[int]] = [[] for _ in prompts]
+        with self._threads(), torch.inference_mode():
+            for number, batch in enumerate(chunks(order, self.params.batch_size)):
+                if do_sample:
+                    torch.manual_seed(seed + number)
+                width = max(len(prompts[i]) for i in batch)
+                ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, i in enumerate(batch):
+                    ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+                    mask[row, width - len(prompts[i]):] = 1
+                generated = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                           generation_config=config)
+                for row, i in enumerate(batch):
+                    new = generated[row, width:].tolist()
+                    if stop_at_eos and tok.eos_token_id in new:
+                        new = new[:new.index(tok.eos_token_id) + 1]
+                    out[i] = new
+        return out
+
+
+def _token_scores(logits: Any, targets: Any) -> TokenScores:
+    import torch
+
+    logprobs = torch.log_softmax(logits, dim=-1)
+    probs = logprobs.exp()
+    top = logprobs.topk(min(2, logprobs.shape[-1]), dim=-1)
+    margin = (top.values[:, 0] - top.values[:, 1]) if top.values.shape[-1] > 1 else top.values[:, 0] * 0
+    mean = (probs * logprobs).sum(-1)
+    var = ((probs * logprobs.square()).sum(-1) - mean.square()).clamp_min(0)
+    as_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
+    return TokenScores(
+        logprob=as_np(logprobs.gather(-1, targets[:, None])[:, 0]).astype(np.float32),
+        argmax=as_np(top.indices[:, 0]).astype(np.int64),
+        margin=as_np(margin).astype(np.float32),
+        mean_logprob=as_np(mean).astype(np.float32),
+        std_logprob=as_np(var.sqrt()).astype(np.float32))
+
+
+class _Threads:
+    """Temporarily set torch's CPU thread count (tiny models run fastest on one thread)."""
+
+    def __init__(self, threads: int | None):
+        self.threads = threads
+        self.saved: int | None = None
+
+    def __enter__(self) -> None:
+        import torch
+
+        if self.threads:
+            self.saved = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+
+    def __exit__(self, *exc: object) -> None:
+        import torch
+
+        if self.saved is not None:
+            torch.set_num_threads(self.saved)

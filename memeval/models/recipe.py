@@ -1,0 +1,221 @@
+"""`recipe`: a small GPT-2-style causal LM that memeval trains itself on a suite dataset.
+
+Training is deterministic under the suite seed and runs once: the model is stored under the cache
+directory by the hash of recipe + data, then loaded through `hf-causal` like any checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from memeval.data import Sample, fingerprint, iter_texts
+from memeval.models.base import AdapterContext
+from memeval.models.hf_causal import HFCausal, HFCausalParams, _Threads
+
+RECIPE_FORMAT = 1  # bump when training changes in a way that should retrain cached models
+BOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenizerRecipe(Strict):
+    kind: Literal["bytes", "bpe"] = "bytes"
+    vocab_size: int = Field(512, ge=260, description="bpe only: vocabulary size, specials included")
+
+
+class ArchitectureRecipe(Strict):
+    n_layer: int = Field(2, ge=1)
+    n_embd: int = Field(64, ge=8)
+    n_head: int = Field(4, ge=1)
+    n_positions: int = Field(128, ge=8)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ArchitectureRecipe:
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        return self
+
+
+class TrainingRecipe(Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    threads: int = Field(1, ge=1, description="torch threads while training (1 is fastest for tiny models)")
+
+
+class RecipeParams(Strict):
+    dataset: str = Field(description="name of the suite dataset to train on")
+    tokenizer: TokenizerRecipe = Field(default_factory=TokenizerRecipe)
+    architecture: ArchitectureRecipe = Field(default_factory=ArchitectureRecipe)
+    training: TrainingRecipe = Field(default_factory=TrainingRecipe)
+    batch_size: int = Field(32, ge=1, description="inference batch size")
+    threads: int | None = Field(1, ge=1, description="torch threads at inference")
+
+
+class Recipe(HFCausal):
+    name = "recipe"
+    summary = "a tiny GPT-2-style LM trained by memeval on a suite dataset, cached by recipe + data hash"
+    Params = RecipeParams  # type: ignore[assignment]
+    capabilities = HFCausal.capabilities | {"train"}
+
+    def __init__(self, params: RecipeParams, context: AdapterContext):
+        self.recipe = params
+        samples = context.load_dataset(params.dataset)
+        directory = trained_model_dir(params, samples, context)
+        hf_params = HFCausalParams(path=str(directory), batch_size=params.batch_size, threads=params.threads)
+        super().__init__(hf_params, context)
+
+    @classmethod
+    def dataset_refs(cls, params: BaseModel) -> list[tuple[str, str]]:
+        return [("dataset", params.dataset)]  # type: ignore[attr-defined]
+
+    def identity(self) -> dict[str, Any]:
+        ident = dict(super().identity())
+        ident["adapter"] = self.name
+        ident["recipe"] = json.loads((Path(self.location) / "recipe.json").read_text())["recipe_hash"]
+        return ident
+
+
+def recipe_hash(params: RecipeParams, data_fingerprint: str, seed: int) -> str:
+    trained_on = params.model_dump(include={"tokenizer", "architecture", "training"})
+    trained_on["training"].pop("threads", None)
+    blob = json.dumps([RECIPE_FORMAT, trained_on, data_fingerprint, seed], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def trained_model_dir(params: RecipeParams, samples: list[Sample], context: AdapterContext) -> Path:
+    """The directory of the model this recipe makes, training it first if no cache holds it."""
+    key = recipe_hash(params, fingerprint(samples), context.seed)
+    final = context.cache_dir / "recipes" / key
+    if (final / "recipe.json").exists():
+        return final
+    context.cache.require(1, f"trained recipe model {key}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
+    try:
+        context.log(f"training recipe model {key} on {len(samples)} documents")
+        log = train(params, list(iter_texts(samples)), context.seed, work)
+        (work / "recipe.json").write_text(json.dumps(
+            {"recipe_hash": key, "recipe": params.model_dump(), "seed": context.seed, "log": log}, indent=2))
+        try:
+            work.rename(final)
+        except OSError:  # another process finished the same recipe first; use theirs
+            shutil.rmtree(work, ignore_errors=True)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def byte_to_char() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map, so token id == byte value."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[byte] = chr(byte)
+        else:
+            mapping[byte] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def build_tokenizer(recipe: TokenizerRecipe, texts: list[str]) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=recipe.kind == "bpe")
+    if recipe.kind == "bytes":
+        vocab = {char: byte for byte, char in byte_to_char().items()}
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        tok.pre_tokenizer = byte_level
+        tok.add_special_tokens([BOS, PAD])
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = byte_level
+        trainer = trainers.BpeTrainer(vocab_size=recipe.vocab_size, special_tokens=[BOS, PAD],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(texts, trainer)
+    tok.decoder = decoders.ByteLevel()
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A", pair=f"{BOS} $A $B",
+                                                       special_tokens=[(BOS, bos_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=PAD)
+
+
+def train(params: RecipeParams, texts: list[str], seed: int, out: Path) -> list[dict[str, float]]:
+    """Train the model and save it (and its tokenizer) to `out`. Returns the per-epoch log."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    arch, opts = params.architecture, params.training
+    tokenizer = build_tokenizer(params.tokenizer, texts)
+    sequences = [ids[:arch.n_positions - 1] + [tokenizer.eos_token_id]
+                 for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=arch.n_layer, n_embd=arch.n_embd, n_head=arch.n_head,
+                        n_positions=arch.n_positions, bos_token_id=tokenizer.bos_token_id,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    log: list[dict[str, float]] = []
+    with _Threads(opts.threads):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+        model.train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=opts.learning_rate, weight_decay=opts.weight_decay)
+        steps_per_epoch = math.ceil(len(sequences) / opts.batch_size)
+        total = steps_per_epoch * opts.epochs
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, opts.warmup_steps, total))
+        order_rng = np.random.default_rng(seed)
+        for epoch in range(opts.epochs):
+            started, losses = time.perf_counter(), []
+            order = order_rng.permutation(len(sequences))
+            for start in range(0, len(order), opts.batch_size):
+                ids, mask, labels = _batch([sequences[i] for i in order[start:start + opts.batch_size]],
+                                           tokenizer.pad_token_id)
+                loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                losses.append(loss.item())
+            log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started})
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return log
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _batch(sequences: list[list[int]], pad_id: int) -> tuple[Any, Any, Any]:
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        ids[row, :len(seq)] = torch.tensor(seq)
+        mask[row, :len(seq)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    return ids, mask, labels

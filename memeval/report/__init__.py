@@ -1,0 +1,1 @@
+"""Reporters: each is a plugin that renders what a run produced (they never compute)."""

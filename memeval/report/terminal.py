@@ -1,0 +1,85 @@
+"""Builtin `terminal` reporter: a pytest-like account of the run on stdout."""
+
+from __future__ import annotations
+
+import sys
+
+from memeval import hookimpl
+from memeval.registry import Registry
+from memeval.results import EvaluationResult, Metric, RunResult
+
+MARKS = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR"}
+
+
+def _write(text: str = "") -> None:
+    print(text, file=sys.stdout, flush=True)
+
+
+def format_metric(metric: Metric) -> str:
+    text = f"{metric.name}={metric.value:.4g}" if metric.value is not None else f"{metric.name}=n/a"
+    if metric.ci_low is not None and metric.ci_high is not None and metric.ci_low == metric.ci_low:
+        text += f" [{metric.ci_low:.4g}, {metric.ci_high:.4g}]"
+    return text
+
+
+class TerminalReporter:
+    """Progress lines per evaluation and a summary line, as pytest prints them. Registered as the
+    plugin `terminalreporter` in `memeval_configure`."""
+
+    def __init__(self, verbosity: int):
+        self.verbosity = verbosity
+
+    @hookimpl(trylast=True)
+    def memeval_collection_modifyitems(self, session, items) -> None:
+        if self.verbosity < 0:
+            return
+        suite = session.suite.spec
+        _write(f"=== memeval: suite {suite.suite!r} ({session.suite.path}), {len(items)} evaluations, "
+               f"seed {session.seed} ===")
+
+    @hookimpl
+    def memeval_evaluation_finish(self, item, result: EvaluationResult) -> None:
+        if self.verbosity < 0 and result.status == "passed":
+            return
+        _write(f"{MARKS[result.status]:7} {result.id} ({result.method}, n={result.n_samples}, {result.seconds:.1f}s)")
+        if self.verbosity >= 0:
+            for metric in result.metrics:
+                _write(f"    {format_metric(metric)}")
+        for gate in result.gates:
+            if not gate.passed:
+                _write(f"    gate FAILED: {gate.message}")
+            elif self.verbosity > 0:
+                _write(f"    gate passed: {gate.metric} {gate.rule} (value {gate.value:.4g})")
+        for warning in result.warnings:
+            _write(f"    warning: {warning}")
+        if result.error:
+            _write("    " + result.error.rstrip().replace("\n", "\n    "))
+
+    @hookimpl
+    def memeval_sessionfinish(self, session, result: RunResult, exitstatus: int) -> None:
+        counts: dict[str, int] = {}
+        for evaluation in result.evaluations:
+            counts[evaluation.status] = counts.get(evaluation.status, 0) + 1
+        gates = [g for e in result.evaluations for g in e.gates]
+        parts = [f"{n} {status}" for status, n in counts.items()] or ["no evaluations ran"]
+        parts.append(f"{sum(g.passed for g in gates)}/{len(gates)} gates passed")
+        if result.status == "interrupted":
+            parts.append("interrupted")
+        _write(f"=== {', '.join(parts)} in {result.seconds:.1f}s; run directory {session.out_dir} ===")
+
+
+@hookimpl
+def memeval_register(registry: Registry) -> None:
+    registry.add_reporter("terminal", TerminalReporter)
+
+
+@hookimpl
+def memeval_configure(config) -> None:
+    config.pluginmanager.register(TerminalReporter(config.verbosity), "terminalreporter")
+
+
+@hookimpl
+def memeval_unconfigure(config) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        config.pluginmanager.unregister(reporter)

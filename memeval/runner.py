@@ -1,0 +1,322 @@
+"""Session, fixtures (models and datasets, resolved lazily and once), execution and exit codes.
+
+This module is also the builtin `local` plugin: the in-process, batched executor that implements
+`memeval_run_evaluation` when no other executor claims an evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import IO, Any
+
+from memeval import __version__, hookimpl
+from memeval.cache import OutputCache
+from memeval.collect import Item, apply_model_overrides, collect
+from memeval.config import Config
+from memeval.data import Sample, rows_to_samples
+from memeval.errors import ExitCode, UsageError
+from memeval.gates import judge
+from memeval.models.base import AdapterContext, CachedCausalLM, CausalLM, ModelAdapter
+from memeval.results import EvaluationResult, Metric, RunResult
+from memeval.selection import compile_expression
+from memeval.suite import SuiteErrors, SuiteFile
+
+PACKAGES = ("memeval", "torch", "transformers", "tokenizers", "datasets", "numpy", "scipy", "pydantic", "pluggy")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Context:
+    """What a method sees while it runs: its model and samples, the seed, and where records go."""
+
+    session: Session
+    item: Item
+    _records: IO[str] | None = None
+    warnings: list[str] = field(default_factory=list)
+    n_records: int = 0
+
+    @property
+    def params(self) -> Any:
+        return self.item.params
+
+    @property
+    def seed(self) -> int:
+        return self.session.seed
+
+    @property
+    def model(self) -> Any:
+        return self.session.model(self.item.spec.model) if self.item.spec.model else None
+
+    @property
+    def samples(self) -> list[Sample]:
+        return self.session.dataset(self.item.spec.dataset) if self.item.spec.dataset else []
+
+    @property
+    def batch_size(self) -> int:
+        own = getattr(self.params, "batch_size", None)
+        if own:
+            return own
+        model = self.model
+        return getattr(getattr(model, "params", None), "batch_size", None) or 16
+
+    def emit(self, records: Iterable[dict[str, Any]]) -> None:
+        """Stream records to records/<id>.jsonl as soon as a batch is done."""
+        for record in records:
+            if self._records is not None:
+                self._records.write(json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n")
+            self.n_records += 1
+        if self._records is not None:
+            self._records.flush()
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class Session:
+    """One suite's run: resolves models and datasets once, on first use, and runs its items."""
+
+    def __init__(self, config: Config, suite: SuiteFile, out_dir: Path):
+        self.config = config
+        self.suite = suite
+        self.out_dir = out_dir
+        options = config.options
+        self.seed = options.seed if getattr(options, "seed", None) is not None else suite.spec.seed
+        self.cache = OutputCache(config.cache_dir, config.cache_mode)
+        self._models: dict[str, ModelAdapter | CachedCausalLM] = {}
+        self._model_errors: dict[str, BaseException] = {}
+        self._datasets: dict[str, list[Sample]] = {}
+        self.items: list[Item] = []
+        self.result = RunResult(suite={}, config={})
+
+    def log(self, message: str) -> None:
+        if self.config.verbosity >= 0:
+            print(f"memeval: {message}", file=sys.stderr, flush=True)
+
+    def dataset(self, name: str) -> list[Sample]:
+        if name not in self._datasets:
+            spec = self.suite.spec.datasets[name]
+            loader = self.config.registry.get("loader", spec.loader)
+            try:
+                rows = loader(spec, self.suite)
+            except UsageError as exc:
+                raise self.suite.error(("datasets", name), exc.message) from None
+            samples = rows_to_samples(rows, spec, self.suite, name)
+            limit = getattr(self.config.options, "limit", None)
+            self._datasets[name] = samples[:limit] if limit else samples
+        return self._datasets[name]
+
+    def model(self, name: str) -> ModelAdapter | CachedCausalLM:
+        """The named model, built on first use; a model that failed to build fails every user once
+        built (as a pytest fixture does), without being built again."""
+        if name in self._model_errors:
+            raise self._model_errors[name]
+        if name not in self._models:
+            try:
+                self._models[name] = self._build_model(name)
+            except Exception as exc:
+                self._model_errors[name] = exc
+                raise
+        return self._models[name]
+
+    def _build_model(self, name: str) -> ModelAdapter | CachedCausalLM:
+        spec = self.suite.spec.models[name]
+        adapter_cls = self.config.registry.get("adapter", spec.adapter)
+        context = AdapterContext(base_dir=self.suite.base_dir, seed=self.seed, cache=self.cache,
+                                 cache_dir=self.config.cache_dir, load_dataset=self._training_data, log=self.log)
+        try:
+            adapter = adapter_cls(adapter_cls.Params.model_validate(spec.params), context)
+            self.result.models[name] = adapter.identity()
+        except UsageError as exc:
+            raise self.suite.error(("models", name), exc.message) from None
+        return CachedCausalLM(adapter, self.cache) if isinstance(adapter, CausalLM) else adapter
+
+
+    def _training_data(self, name: str) -> list[Sample]:
+        """Recipes train on the whole dataset: `--limit` only shortens what is evaluated."""
+        spec = self.suite.spec.datasets[name]
+        rows = self.config.registry.get("loader", spec.loader)(spec, self.suite)
+        return rows_to_samples(rows, spec, self.suite, name)
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+# -- the local executor ------------------------------------------------------------------------
+
+
+@hookimpl(trylast=True)
+def memeval_run_evaluation(item: Item, context: Context) -> EvaluationResult:
+    """Run a map/reduce method in this process: batches of similar size, records streamed out."""
+    from tqdm import tqdm
+
+    method = item.method_cls(item.params)
+    units = method.prepare(context.samples, context)
+    order = sorted(range(len(units)), key=lambda i: method.size(units[i]), reverse=True)
+    size = context.batch_size
+    records: list[dict[str, Any]] = []
+    quiet = context.session.config.verbosity < 0
+    with tqdm(total=len(units), desc=item.id, unit="sample", file=sys.stderr, disable=quiet, leave=False) as bar:
+        for start in range(0, len(order), size):
+            batch_records = method.map([units[i] for i in order[start:start + size]], context)
+            context.emit(batch_records)
+            records.extend(batch_records)
+            bar.update(min(size, len(order) - start))
+    metrics = method.reduce(records, context)
+    return EvaluationResult(id=item.id, method=item.method_cls.name, model=item.spec.model,
+                            dataset=item.spec.dataset, params=item.params.model_dump(mode="json"),
+                            n_samples=len(units), metrics=metrics)
+
+
+# -- running a suite ---------------------------------------------------------------------------
+
+
+def select(items: list[Item], expression: str | None) -> list[Item]:
+    if not expression:
+        return items
+    matcher = compile_expression(expression)
+    return [item for item in items if matcher(item.keywords)]
+
+
+def load_and_collect(config: Config, path: str) -> tuple[SuiteFile, list[Item]]:
+    from memeval.suite import load_suite
+
+    suite = load_suite(path)
+    overrides = dict(getattr(config.options, "model", None) or [])
+    apply_model_overrides(suite, overrides)
+    return suite, collect(suite, config.registry)
+
+
+def run_suite(config: Config, path: str, out_dir: Path) -> ExitCode:
+    """Run one suite into `out_dir`; returns the exit code (pytest's meanings)."""
+    suite, items = load_and_collect(config, path)
+    items = select(items, getattr(config.options, "keyword", None))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    session = Session(config, suite, out_dir)
+    config.hook.memeval_collection_modifyitems(session=session, items=items)
+    session.items = items
+    result = session.result
+    result.suite = {"name": suite.spec.suite, "path": str(suite.path), "description": suite.spec.description,
+                    "seed": session.seed}
+    result.config = {"suite": suite.spec.model_dump(mode="json", by_alias=True), "options": _options(config)}
+    result.environment = environment(suite.base_dir)
+    result.started_at = now()
+    started = time.perf_counter()
+    exit_code = ExitCode.NO_EVALUATIONS if not items else ExitCode.OK
+    failure: UsageError | SuiteErrors | None = None
+    try:
+        for item in items:
+            result.evaluations.append(run_item(session, item))
+        exit_code = _exit_code(result.evaluations) if items else ExitCode.NO_EVALUATIONS
+        result.status = "completed"
+    except KeyboardInterrupt:
+        result.status, exit_code = "interrupted", ExitCode.INTERRUPTED
+    except (UsageError, SuiteErrors) as exc:
+        result.status, exit_code, failure = "error", ExitCode.USAGE_ERROR, exc
+    finally:
+        result.finished_at = now()
+        result.seconds = round(time.perf_counter() - started, 3)
+        result.exit_code = int(exit_code)
+        config.hook.memeval_sessionfinish(session=session, result=result, exitstatus=int(exit_code))
+        session.close()
+    if failure is not None:
+        raise failure
+    return exit_code
+
+
+def run_item(session: Session, item: Item) -> EvaluationResult:
+    hook = session.config.hook
+    hook.memeval_evaluation_start(item=item)
+    records_dir = session.out_dir / "records"
+    records_dir.mkdir(exist_ok=True)
+    records_path = records_dir / f"{item.id}.jsonl"
+    started, started_at = time.perf_counter(), now()
+    with open(records_path, "w", encoding="utf-8") as records:
+        context = Context(session=session, item=item, _records=records)
+        try:
+            model = context.model
+            before = model.counter.snapshot() if isinstance(model, CachedCausalLM) else None
+            result = hook.memeval_run_evaluation(item=item, context=context)
+            _check_metrics(item, result.metrics)
+            if before is not None:
+                after = model.counter.snapshot()
+                result.model_calls = {k: after[k] - before[k] for k in after}
+            result.gates = [judge(gate, result, session.suite) for gate in item.spec.gates]
+            result.status = "passed" if all(v.passed for v in result.gates) else "failed"
+        except (UsageError, SuiteErrors, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            result = EvaluationResult(id=item.id, method=item.method_cls.name, model=item.spec.model,
+                                      dataset=item.spec.dataset, params=item.params.model_dump(mode="json"),
+                                      status="error", error="".join(traceback.format_exception(exc)))
+            result.n_samples = context.n_records
+    result.records_path = str(records_path.relative_to(session.out_dir))
+    result.warnings = context.warnings
+    result.started_at, result.seconds = started_at, round(time.perf_counter() - started, 3)
+    hook.memeval_evaluation_finish(item=item, result=result)
+    return result
+
+
+def _check_metrics(item: Item, metrics: list[Metric]) -> None:
+    """Fill each metric's direction and description from the method's declaration."""
+    declared = {m.name: m for m in item.method_cls.metrics}
+    for metric in metrics:
+        if metric.name not in declared:
+            raise RuntimeError(f"method {item.method_cls.name!r} returned undeclared metric {metric.name!r}")
+        metric.higher_is_worse = declared[metric.name].higher_is_worse
+        metric.description = declared[metric.name].description
+
+
+def _exit_code(results: list[EvaluationResult]) -> ExitCode:
+    if any(r.status == "error" for r in results):
+        return ExitCode.INTERNAL_ERROR
+    if any(r.status == "failed" for r in results):
+        return ExitCode.GATES_FAILED
+    return ExitCode.OK
+
+
+def _options(config: Config) -> dict[str, Any]:
+    options = {k: v for k, v in vars(config.options).items() if k not in ("func",)}
+    return json.loads(json.dumps(options, default=str))
+
+
+def environment(where: Path) -> dict[str, Any]:
+    packages = {}
+    for name in PACKAGES:
+        with contextlib.suppress(PackageNotFoundError):
+            packages[name] = version(name)
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                           "packages": packages, "memeval": __version__, "git": git_revision(where)}
+    env["hf_hub_offline"] = os.environ.get("HF_HUB_OFFLINE") == "1"
+    return env
+
+
+def git_revision(where: Path) -> dict[str, Any] | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=where, capture_output=True, text=True, timeout=10)
+        return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return None

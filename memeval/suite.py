@@ -1,0 +1,285 @@
+"""Suite files: YAML -> a typed, validated `Suite`.
+
+Every error names the file, the line, the field path and what was expected. Structure is checked
+by pydantic models here; references to plugins (methods, adapters, loaders, metrics) are checked
+by `memeval.collect` against the registry, with the same error format.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from memeval.errors import UsageError, did_you_mean, format_path
+
+SCHEMA_VERSION = 1
+Loc = tuple[str | int, ...]
+
+
+class Strict(BaseModel):
+    """A spec model that rejects unknown keys."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class GateSpec(Strict):
+    """Turns one metric into a pass/fail verdict."""
+
+    metric: str
+    min: float | None = None
+    max: float | None = None
+    baseline: str | None = Field(None, description="path of a saved run directory or run.json")
+    max_increase: float | None = None
+    max_decrease: float | None = None
+
+    @model_validator(mode="after")
+    def _has_a_threshold(self) -> GateSpec:
+        relative = self.max_increase is not None or self.max_decrease is not None
+        if self.min is None and self.max is None and not relative:
+            raise ValueError("a gate needs 'min', 'max', or 'baseline' with 'max_increase'/'max_decrease'")
+        if relative and self.baseline is None:
+            raise ValueError("'max_increase'/'max_decrease' compare against a run: set 'baseline' (or pass --baseline)")
+        if self.baseline is not None and not relative:
+            raise ValueError("'baseline' needs 'max_increase' or 'max_decrease'")
+        return self
+
+
+class EvaluationSpec(Strict):
+    id: str
+    method: str
+    model: str | None = None
+    dataset: str | None = None
+    description: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    gates: list[GateSpec] = Field(default_factory=list)
+
+    @field_validator("id")
+    @classmethod
+    def _id_is_a_file_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+            raise ValueError("expected letters, digits, '_', '.' and '-' (it names records/<id>.jsonl)")
+        return value
+
+
+class DatasetSpec(Strict):
+    """A dataset, loaded through Hugging Face `datasets`."""
+
+    loader: str
+    path: str = Field(description="file, glob or directory (relative to the suite), or a hub name")
+    config: str | None = Field(None, description="hub dataset configuration")
+    revision: str | None = None
+    split: str = "train"
+    text_field: str | None = None
+    prefix_field: str | None = None
+    suffix_field: str | None = None
+    tokens_field: str | None = None
+    id_field: str | None = None
+    limit: int | None = Field(None, ge=1)
+    shuffle: bool = False
+
+    @model_validator(mode="after")
+    def _fields_fit_together(self) -> DatasetSpec:
+        if (self.prefix_field is None) != (self.suffix_field is None):
+            raise ValueError("'prefix_field' and 'suffix_field' go together")
+        if self.text_field is None and self.prefix_field is None and self.tokens_field is None:
+            self.text_field = "text"
+        return self
+
+
+class ModelSpec(BaseModel):
+    """`adapter` picks the adapter; the other keys are that adapter's params."""
+
+    model_config = ConfigDict(extra="allow")
+    adapter: str
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class ReportSpec(Strict):
+    json_: bool = Field(True, alias="json")
+    html: bool = False
+    markdown: bool = False
+    junit: bool = False
+    redact: bool = False
+
+    def formats(self) -> list[str]:
+        wanted = {"json": self.json_, "html": self.html, "markdown": self.markdown, "junit": self.junit}
+        return [name for name, on in wanted.items() if on]
+
+
+class Suite(Strict):
+    memeval: Literal[1] = Field(description="schema version of the suite file")
+    suite: str
+    description: str | None = None
+    seed: int = 0
+    models: dict[str, ModelSpec] = Field(default_factory=dict)
+    datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
+    evaluations: list[EvaluationSpec]
+    report: ReportSpec = Field(default_factory=ReportSpec)
+
+
+@dataclass
+class SuiteFile:
+    """A parsed suite plus what is needed to point at its lines."""
+
+    path: Path
+    spec: Suite
+    lines: dict[Loc, int] = field(default_factory=dict)
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def line_of(self, loc: Loc) -> int | None:
+        return line_of(self.lines, loc)
+
+    def error(self, loc: Loc, message: str) -> UsageError:
+        return UsageError(message, file=str(self.path), line=self.line_of(loc), field=format_path(loc) or None)
+
+    def resolve_path(self, value: str) -> Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+
+class SuiteErrors(Exception):
+    """Several usage errors found at once; exit code 4."""
+
+    def __init__(self, errors: list[UsageError]):
+        super().__init__("\n".join(str(e) for e in errors))
+        self.errors = errors
+
+
+def line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
+    """Line of the deepest part of `loc` the YAML file has (a missing key points at its parent)."""
+    loc = tuple(loc)
+    while loc:
+        if loc in lines:
+            return lines[loc]
+        loc = loc[:-1]
+    return lines.get(())
+
+
+def _construct(node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: str) -> Any:
+    lines.setdefault(loc, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node)
+            if not isinstance(key, str):
+                raise UsageError(f"keys must be strings, got {key!r}", file=file, line=key_node.start_mark.line + 1)
+            if key in out:
+                raise UsageError(f"duplicate key {key!r}", file=file, line=key_node.start_mark.line + 1,
+                                 field=format_path((*loc, key)))
+            lines[(*loc, key)] = key_node.start_mark.line + 1
+            out[key] = _construct(value_node, (*loc, key), lines, file)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_construct(item, (*loc, i), lines, file) for i, item in enumerate(node.value)]
+    return _scalar(node)
+
+
+def _scalar(node: yaml.Node) -> Any:
+    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
+    """Parse YAML, keeping the line of every key and item."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        raise UsageError(f"invalid YAML: {exc.problem or exc}", file=file, line=line) from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"invalid YAML: {exc}", file=file) from None
+    lines: dict[Loc, int] = {}
+    if node is None:
+        return None, lines
+    return _construct(node, (), lines, file), lines
+
+
+def _describe(error: dict[str, Any], model: type[BaseModel] | None, loc: Loc) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        allowed = _allowed_keys(model, loc[:-1]) if model else []
+        hint = did_you_mean(str(loc[-1]), allowed)
+        return f"unknown key {loc[-1]!r}{hint}" + (f" (expected one of: {', '.join(allowed)})" if allowed and not hint else "")
+    if kind == "missing":
+        return f"missing required field {loc[-1]!r}" if loc else "missing required field"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind in ("value_error", "assertion_error"):
+        return message
+    return f"{message[0].lower()}{message[1:]}, got {error.get('input')!r}"
+
+
+def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
+    """Field names (aliases) of the sub-model that `loc` points at inside `model`."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            current = getattr(current, "__item_model__", current)
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        info = current.model_fields.get(part)
+        current = _inner_model(info.annotation) if info else None
+        if current is None and info is None:
+            return []
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(info.alias or name for name, info in current.model_fields.items())
+    return []
+
+
+def _inner_model(annotation: Any) -> Any:
+    """The pydantic model inside list[M] / dict[str, M] / M | None, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def validation_errors(exc: ValidationError, model: type[BaseModel], file: str, lines: dict[Loc, int],
+                      prefix: Loc = ()) -> list[UsageError]:
+    """Turn a pydantic error into usage errors with file, line and field."""
+    out = []
+    for error in exc.errors():
+        loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and "[" in part))
+        full = (*prefix, *loc)
+        out.append(UsageError(_describe(error, model, loc), file=file, line=line_of(lines, full),
+                              field=format_path(full) or None))
+    return out
+
+
+def load_suite(path: str | Path) -> SuiteFile:
+    """Read and structurally validate a suite file. Raises UsageError / SuiteErrors."""
+    path = Path(path)
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError("suite file not found", file=file) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read suite file: {exc}", file=file) from None
+    raw, lines = parse_yaml(text, file)
+    if not isinstance(raw, dict):
+        raise UsageError(f"expected a mapping with keys memeval, suite, models, datasets, evaluations; "
+                         f"got {type(raw).__name__}", file=file, line=1)
+    if "memeval" in raw and raw["memeval"] != SCHEMA_VERSION:
+        raise UsageError(f"unsupported suite schema version {raw['memeval']!r}; this memeval reads version "
+                         f"{SCHEMA_VERSION}", file=file, line=lines.get(("memeval",)), field="memeval")
+    try:
+        spec = Suite.model_validate(raw)
+    except ValidationError as exc:
+        raise SuiteErrors(validation_errors(exc, Suite, file, lines)) from None
+    return SuiteFile(path=path, spec=spec, lines=lines, raw=raw)

@@ -1,0 +1,82 @@
+"""`lm.*`: language-model scores that other methods and gates build on."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from memeval import hookimpl
+from memeval.data import Sample
+from memeval.method import Method, MetricSpec, Params
+from memeval.registry import Registry
+from memeval.stats import mean_metric
+
+
+class LossParams(Params):
+    batch_size: int | None = Field(None, ge=1, description="sequences per forward pass (default: the model's)")
+    max_tokens: int | None = Field(None, ge=2, description="truncate each sequence to this many tokens")
+
+
+class LMLoss(Method):
+    """Per-sample mean token negative log-likelihood (nats) and perplexity = exp(loss).
+
+    The loss of a sequence x_0..x_n is -1/n * sum_{t=1..n} log p(x_t | x_<t): every token after the
+    first is predicted from the ones before it, the first (BOS, when the tokenizer adds one) is not.
+    This is what `transformers` returns as `.loss` with `labels=input_ids`. Token-id datasets are
+    scored as given; text is tokenized by the model's tokenizer. Lower loss on members than on
+    comparable non-members is a sign of memorization.
+    """
+
+    name = "lm.loss"
+    summary = "mean token NLL and perplexity of each sample"
+    Params = LossParams
+    requires = frozenset({"logprobs"})
+    metrics = (
+        MetricSpec("loss_mean", "mean over samples of the per-sample mean token NLL (nats)", False),
+        MetricSpec("loss_median", "median over samples of the per-sample mean token NLL (nats)", False),
+        MetricSpec("perplexity_mean", "mean over samples of exp(per-sample loss)", False),
+        MetricSpec("perplexity_median", "median over samples of exp(per-sample loss)", False),
+    )
+
+    def prepare(self, samples: list[Sample], context: Any) -> list[tuple[Sample, list[int]]]:
+        texts = [s for s in samples if s.tokens is None]
+        ids = iter(context.model.tokenize([s.full_text or "" for s in texts])) if texts else iter(())
+        units = []
+        for sample in samples:
+            tokens = sample.tokens if sample.tokens is not None else next(ids)
+            if self.params.max_tokens:
+                tokens = tokens[:self.params.max_tokens]
+            if len(tokens) < 2:
+                context.warn(f"sample {sample.id!r} has {len(tokens)} token(s); a loss needs 2 or more: skipped")
+                continue
+            units.append((sample, list(tokens)))
+        return units
+
+    def size(self, unit: tuple[Sample, list[int]]) -> int:
+        return len(unit[1])
+
+    def map(self, batch: list[tuple[Sample, list[int]]], context: Any) -> list[dict[str, Any]]:
+        scores = context.model.score([ids for _, ids in batch])
+        records = []
+        for (sample, ids), score in zip(batch, scores, strict=True):
+            loss = -float(np.mean(score.logprob, dtype=np.float64))
+            records.append({"id": sample.id, "n_tokens": len(ids) - 1, "loss": loss,
+                            "perplexity": math.exp(loss), "text": sample.full_text})
+        return records
+
+    def reduce(self, records: list[dict[str, Any]], context: Any) -> list:
+        losses = [r["loss"] for r in records]
+        perplexities = [r["perplexity"] for r in records]
+        return [mean_metric("loss_mean", losses, seed=context.seed),
+                mean_metric("loss_median", losses, seed=context.seed, statistic=np.median, label="median"),
+                mean_metric("perplexity_mean", perplexities, seed=context.seed),
+                mean_metric("perplexity_median", perplexities, seed=context.seed, statistic=np.median,
+                            label="median")]
+
+
+@hookimpl
+def memeval_register(registry: Registry) -> None:
+    registry.add_method(LMLoss)

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_RECIPE = {
+    "adapter": "recipe",
+    "dataset": "train",
+    "tokenizer": {"kind": "bytes"},
+    "architecture": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64},
+    "training": {"epochs": 4, "batch_size": 8, "learning_rate": 0.01},
+    "batch_size": 4,
+}
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache for the whole test session: recipe models are trained once and shared."""
+    path = tmp_path_factory.mktemp("memeval-cache")
+    os.environ["MEMEVAL_CACHE_DIR"] = str(path)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def tiny_texts(n: int = 40) -> list[str]:
+    words = ["red", "fox", "jumps", "over", "the", "lazy", "dog", "and", "cat", "runs"]
+    return [" ".join(words[(i * 3 + k) % len(words)] for k in range(4 + i % 5)) for i in range(n)]
+
+
+@pytest.fixture
+def tiny_suite(tmp_path, cache_dir):
+    """A suite dir with a small corpus and a recipe model; returns a writer for suite variants."""
+    texts = tiny_texts()
+    write_jsonl(tmp_path / "data" / "train.jsonl", [{"id": f"t{i}", "text": t} for i, t in enumerate(texts)])
+    write_jsonl(tmp_path / "data" / "unseen.jsonl",
+                [{"id": f"u{i}", "text": f"zq{i} wx vb {i * 7}"} for i in range(12)])
+
+    def write(evaluations: str | None = None, name: str = "suite.yaml", extra: str = "") -> Path:
+        evaluations = evaluations or """
+          - id: train-loss
+            method: lm.loss
+            model: tiny
+            dataset: train
+            gates:
+              - {metric: loss_mean, max: 100}
+        """
+        body = textwrap.dedent(f"""\
+            memeval: 1
+            suite: tiny
+            seed: 0
+            datasets:
+              train: {{loader: jsonl, path: data/train.jsonl, id_field: id}}
+              unseen: {{loader: jsonl, path: data/unseen.jsonl, id_field: id}}
+            models:
+              tiny: {json.dumps(TINY_RECIPE)}
+            evaluations:
+            """) + textwrap.indent(textwrap.dedent(evaluations).strip("\n"), "  ") + "\n" + textwrap.dedent(extra)
+        path = tmp_path / name
+        path.write_text(body, encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """Run the memeval CLI in-process; returns (exit code, stdout, stderr)."""
+    from memeval.cli import main
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main([str(a) for a in args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    return run
+
+
+def read_run(out_dir: Path) -> dict:
+    return json.loads((out_dir / "run.json").read_text())
