@@ -44,7 +44,7 @@ def _quiet_datasets() -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # failures become UsageErrors
 
 
 def data_files(spec: DatasetSpec, suite: SuiteFile) -> list[Path]:
@@ -63,11 +63,13 @@ def file_loader(builder: str) -> Loader:
 
         _quiet_datasets()
         files = data_files(spec, suite)
+        if all(f.stat().st_size == 0 for f in files):
+            raise UsageError("the dataset is empty (0 rows)")
         try:
             return datasets.load_dataset(builder, data_files={spec.split: [str(f) for f in files]},
                                          split=spec.split)
         except Exception as exc:  # datasets raises many kinds; all mean the file is unreadable
-            raise UsageError(f"cannot read {builder} data {[str(f) for f in files]}: {exc}") from None
+            raise UsageError(f"cannot read {builder} data {[str(f) for f in files]}: {exc or repr(exc)}") from None
 
     load.__doc__ = f"local {builder} files through datasets.load_dataset({builder!r})"
     return load

@@ -114,17 +114,21 @@ class Session:
             print(f"memeval: {message}", file=sys.stderr, flush=True)
 
     def dataset(self, name: str) -> list[Sample]:
+        """The named dataset's samples, loaded once; `--limit` keeps the first N."""
         if name not in self._datasets:
-            spec = self.suite.spec.datasets[name]
-            loader = self.config.registry.get("loader", spec.loader)
-            try:
-                rows = loader(spec, self.suite)
-            except UsageError as exc:
-                raise self.suite.error(("datasets", name), exc.message) from None
-            samples = rows_to_samples(rows, spec, self.suite, name)
+            samples = self._load_samples(name)
             limit = getattr(self.config.options, "limit", None)
             self._datasets[name] = samples[:limit] if limit else samples
         return self._datasets[name]
+
+    def _load_samples(self, name: str) -> list[Sample]:
+        spec = self.suite.spec.datasets[name]
+        loader = self.config.registry.get("loader", spec.loader)
+        try:
+            rows = loader(spec, self.suite)
+        except UsageError as exc:
+            raise exc if exc.file else self.suite.error(("datasets", name), exc.message) from None
+        return rows_to_samples(rows, spec, self.suite, name)
 
     def model(self, name: str) -> ModelAdapter | CachedCausalLM:
         """The named model, built on first use; a model that failed to build fails every user once
@@ -148,15 +152,13 @@ class Session:
             adapter = adapter_cls(adapter_cls.Params.model_validate(spec.params), context)
             self.result.models[name] = adapter.identity()
         except UsageError as exc:
-            raise self.suite.error(("models", name), exc.message) from None
+            raise exc if exc.file else self.suite.error(("models", name), exc.message) from None
         return CachedCausalLM(adapter, self.cache) if isinstance(adapter, CausalLM) else adapter
 
 
     def _training_data(self, name: str) -> list[Sample]:
         """Recipes train on the whole dataset: `--limit` only shortens what is evaluated."""
-        spec = self.suite.spec.datasets[name]
-        rows = self.config.registry.get("loader", spec.loader)(spec, self.suite)
-        return rows_to_samples(rows, spec, self.suite, name)
+        return self._load_samples(name)
 
     def close(self) -> None:
         self.cache.close()

@@ -40,12 +40,12 @@ class GateSpec(Strict):
     @model_validator(mode="after")
     def _has_a_threshold(self) -> GateSpec:
         relative = self.max_increase is not None or self.max_decrease is not None
+        if self.baseline is not None and not relative:
+            raise ValueError("'baseline' needs 'max_increase' or 'max_decrease'")
         if self.min is None and self.max is None and not relative:
             raise ValueError("a gate needs 'min', 'max', or 'baseline' with 'max_increase'/'max_decrease'")
         if relative and self.baseline is None:
-            raise ValueError("'max_increase'/'max_decrease' compare against a run: set 'baseline' (or pass --baseline)")
-        if self.baseline is not None and not relative:
-            raise ValueError("'baseline' needs 'max_increase' or 'max_decrease'")
+            raise ValueError("'max_increase'/'max_decrease' compare against a run: set 'baseline'")
         return self
 
 
@@ -197,7 +197,10 @@ def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
-        raise UsageError(f"invalid YAML: {exc.problem or exc}", file=file, line=line) from None
+        context = ""
+        if exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
+            context = f" ({exc.context} started at line {exc.context_mark.line + 1})"
+        raise UsageError(f"invalid YAML: {exc.problem or exc}{context}", file=file, line=line) from None
     except yaml.YAMLError as exc:
         raise UsageError(f"invalid YAML: {exc}", file=file) from None
     lines: dict[Loc, int] = {}

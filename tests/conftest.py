@@ -94,3 +94,26 @@ def run_cli(capsys):
 
 def read_run(out_dir: Path) -> dict:
     return json.loads((out_dir / "run.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny GPT-2-style checkpoint trained by the recipe code (an ordinary HF directory)."""
+    from memeval.models.recipe import RecipeParams, train
+
+    params = RecipeParams.model_validate({k: v for k, v in TINY_RECIPE.items() if k != "adapter"})
+    out = tmp_path_factory.mktemp("tiny-model")
+    train(params, tiny_texts(), seed=0, out=out)
+    return out
+
+
+@pytest.fixture
+def hf_model(tiny_model_dir, tmp_path):
+    """The tiny checkpoint behind the hf-causal adapter."""
+    from memeval.cache import OutputCache
+    from memeval.models import AdapterContext, HFCausal
+
+    cache = OutputCache(tmp_path / "cache")
+    context = AdapterContext(base_dir=tmp_path, seed=0, cache=cache, cache_dir=tmp_path / "cache",
+                             load_dataset=lambda name: [])
+    return HFCausal(HFCausal.Params(path=str(tiny_model_dir), batch_size=4), context)

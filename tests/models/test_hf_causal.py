@@ -1,0 +1,95 @@
+"""hf-causal against plain transformers on the same checkpoint."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from memeval.errors import UsageError
+from memeval.models import HFCausal
+
+TEXTS = ["red fox jumps", "the lazy dog and cat runs over the red fox", "cat", "zq wx vb 42 and the dog",
+         "over the lazy dog", "runs and runs and runs and runs and jumps"]
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_model_dir):
+    return AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval(), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+def test_score_equals_one_unpadded_forward_per_sequence(hf_model, reference):
+    model, tok = reference
+    sequences = hf_model.tokenize(TEXTS)
+    scores = hf_model.score(sequences)
+    for ids, score in zip(sequences, scores, strict=True):
+        with torch.no_grad():
+            logprobs = model(torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
+        target = torch.tensor(ids[1:])
+        np.testing.assert_allclose(score.logprob, logprobs[torch.arange(len(target)), target].numpy(), atol=1e-5)
+        assert score.argmax.tolist() == logprobs.argmax(-1).tolist()
+        top2 = logprobs.topk(2, -1).values
+        np.testing.assert_allclose(score.margin, (top2[:, 0] - top2[:, 1]).numpy(), atol=1e-5)
+        p = logprobs.exp()
+        mean = (p * logprobs).sum(-1)
+        np.testing.assert_allclose(score.mean_logprob, mean.numpy(), atol=1e-5)
+        std = ((p * (logprobs - mean[:, None]) ** 2).sum(-1)).sqrt()
+        np.testing.assert_allclose(score.std_logprob, std.numpy(), atol=1e-4)
+
+
+def test_tokenizer_adds_bos_and_round_trips(hf_model):
+    ids = hf_model.tokenize(["héllo wörld"])[0]
+    assert ids[0] == hf_model.tokenizer.bos_token_id
+    assert hf_model.decode(ids[1:]) == "héllo wörld"
+
+
+def test_batched_greedy_generation_equals_one_by_one_generate(hf_model, reference):
+    model, tok = reference
+    prompts = hf_model.tokenize(TEXTS)
+    batched = hf_model.generate(prompts, max_new_tokens=12)
+    for prompt, got in zip(prompts, batched, strict=True):
+        with torch.no_grad():
+            alone = model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                                   max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id,
+                                   eos_token_id=None)
+        assert got == alone[0, len(prompt):].tolist()
+        assert len(got) == 12
+
+
+def test_sampled_generation_is_seeded(hf_model):
+    prompts = hf_model.tokenize(TEXTS[:3])
+    a = hf_model.generate(prompts, max_new_tokens=8, do_sample=True, temperature=1.0, top_k=50, seed=3)
+    b = hf_model.generate(prompts, max_new_tokens=8, do_sample=True, temperature=1.0, top_k=50, seed=3)
+    assert a == b
+
+
+def test_identity_hashes_the_weights(tiny_model_dir, tmp_path, hf_model):
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    context = hf_model.context
+    same = HFCausal(HFCausal.Params(path=str(copy)), context)
+    assert same.identity()["files_sha256"] == hf_model.identity()["files_sha256"]
+    weights = copy / "model.safetensors"
+    blob = bytearray(weights.read_bytes())
+    blob[-1] ^= 1
+    weights.write_bytes(bytes(blob))
+    changed = HFCausal(HFCausal.Params(path=str(copy)), context)
+    assert changed.identity_key != same.identity_key
+    assert HFCausal(HFCausal.Params(path=str(copy), dtype="bfloat16"), context).identity_key != changed.identity_key
+
+
+def test_missing_local_directory_is_a_usage_error(tmp_path, hf_model):
+    with pytest.raises(UsageError, match="does not exist"):
+        HFCausal(HFCausal.Params(path="./no/such/model"), hf_model.context)
+
+
+def test_hub_id_offline_fails_fast_with_a_clear_error(tmp_path, hf_model):
+    adapter = HFCausal(HFCausal.Params(path="gpt2"), hf_model.context)
+    assert adapter.identity()["revision"] == "main"
+    with pytest.raises(UsageError, match="HF_HUB_OFFLINE=1"):
+        adapter.tokenize(["x"])
+
+

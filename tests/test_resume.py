@@ -1,0 +1,99 @@
+"""A run killed with SIGKILL and started again recomputes nothing it finished, and gives the
+same results as a run that was never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import read_run, write_jsonl
+
+N_SAMPLES = 1200
+
+
+@pytest.fixture(scope="module")
+def slow_model_dir(tmp_path_factory):
+    """An untrained but wide GPT-2 (random weights, fixed seed): slow enough to kill mid-run."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from memeval.models.recipe import TokenizerRecipe, build_tokenizer
+
+    out = tmp_path_factory.mktemp("slow-model")
+    tokenizer = build_tokenizer(TokenizerRecipe(kind="bytes"), [])
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=4, n_embd=256, n_head=4, n_positions=128,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def memeval(*args, cache, **kwargs):
+    env = {**os.environ, "MEMEVAL_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "memeval", "run", *map(str, args), "-q"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def cached_rows(cache) -> int:
+    path = cache / "outputs.sqlite"
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(path, timeout=5) as conn:
+            return conn.execute("SELECT COUNT(*) FROM outputs").fetchone()[0]
+    except sqlite3.OperationalError:  # table not created yet
+        return 0
+
+
+def records(out_dir):
+    rows = [json.loads(x) for x in (out_dir / "records" / "loss.jsonl").read_text().splitlines()]
+    return sorted(rows, key=lambda r: r["id"])
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_recomputes_nothing_finished(tmp_path, slow_model_dir):
+    texts = [f"sample {i} " + "abc def ghi " * (1 + i % 9) for i in range(N_SAMPLES)]
+    write_jsonl(tmp_path / "d.jsonl", [{"id": f"s{i:05d}", "text": t} for i, t in enumerate(texts)])
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"""
+memeval: 1
+suite: resume
+models:
+  m: {{adapter: hf-causal, path: {slow_model_dir}, batch_size: 4, threads: 1}}
+datasets:
+  d: {{loader: jsonl, path: d.jsonl, id_field: id}}
+evaluations:
+  - {{id: loss, method: lm.loss, model: m, dataset: d}}
+""")
+    cache = tmp_path / "cache"
+    victim = memeval(suite, "--out", tmp_path / "killed", cache=cache)
+    deadline = time.time() + 120
+    while cached_rows(cache) < 100 and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    finished = cached_rows(cache)
+    assert victim.returncode == -signal.SIGKILL
+    assert 0 < finished < N_SAMPLES, "the kill should land mid-run"
+    assert finished % 4 == 0, "whole batches are committed"
+
+    resumed = memeval(suite, "--out", tmp_path / "resumed", cache=cache)
+    assert resumed.wait() == 0, resumed.stderr.read()
+    calls = read_run(tmp_path / "resumed")["evaluations"][0]["model_calls"]
+    assert calls["cache_hits"] == finished
+    assert calls["computed"] == N_SAMPLES - finished
+
+    fresh = memeval(suite, "--out", tmp_path / "fresh", cache=tmp_path / "fresh-cache")
+    assert fresh.wait() == 0, fresh.stderr.read()
+    assert read_run(tmp_path / "fresh")["evaluations"][0]["model_calls"]["computed"] == N_SAMPLES
+    assert records(tmp_path / "resumed") == records(tmp_path / "fresh")
+    metrics = [read_run(tmp_path / name)["evaluations"][0]["metrics"] for name in ("resumed", "fresh")]
+    assert metrics[0] == metrics[1]
