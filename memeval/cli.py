@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -29,6 +30,13 @@ def _model_override(text: str) -> tuple[str, str]:
     return name, path
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                         help="load plugin module NAME, or block plugin NAME with no:NAME")
@@ -45,10 +53,10 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run suites", epilog=EXIT_CODES_HELP)
     run.add_argument("suites", nargs="+", metavar="SUITE", help="suite YAML files")
     run.add_argument("-k", dest="keyword", metavar="EXPR",
-                     help="only evaluations whose id/method/model/dataset match EXPR (and, or, not, parentheses)")
+                     help="only evaluations whose id/method/model/dataset/suite name match EXPR (and, or, not, parentheses)")
     run.add_argument("--out", metavar="DIR", help="run directory (default memeval-runs/<suite>-<time>)")
     run.add_argument("--seed", type=int, help="override the suite's seed")
-    run.add_argument("--limit", type=int, metavar="N", help="use only the first N samples of each dataset")
+    run.add_argument("--limit", type=_positive_int, metavar="N", help="use only the first N samples of each dataset")
     run.add_argument("--cache", choices=MODES, default="use",
                      help="use: read and write; refresh: recompute and write; off; only: replay, a miss is an error")
     run.add_argument("--cache-dir", metavar="DIR", help="cache directory (default $MEMEVAL_CACHE_DIR or ~/.cache/memeval)")
@@ -99,6 +107,8 @@ def cmd_run(config: Config) -> ExitCode:
     for path in options.suites:
         code = run_suite(config, path, default_out_dir(path, options.out, len(options.suites) > 1))
         worst = max(worst, code, key=_severity)
+        if code == ExitCode.INTERRUPTED:
+            break
     return worst
 
 
@@ -155,7 +165,8 @@ def describe_registry(config: Config) -> dict[str, Any]:
                          "capabilities": sorted(cls.capabilities), "params": params(cls.Params)})
     loaders = [{"name": n, "summary": (registry.get("loader", n).__doc__ or "").strip(), **origin("loader", n)}
                for n in registry.names("loader")]
-    reporters = [{"name": n, "summary": (registry.get("reporter", n).__doc__ or "").strip().splitlines()[0],
+    reporters = [{"name": n, "summary": (registry.get("reporter", n).__doc__ or "").strip().split("\n\n")[0]
+                  .replace("\n", " "),
                   **origin("reporter", n)} for n in registry.names("reporter")]
     return {"methods": methods, "adapters": adapters, "loaders": loaders, "reporters": reporters}
 
@@ -197,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     config: Config | None = None
+    previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
     try:
         pm = make_plugin_manager(_plugin_args(argv))
         parser = build_parser(pm)
@@ -215,10 +227,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
+    except BrokenPipeError:  # `memeval list | head`: the reader left; that is not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush quiet
+        return ExitCode.OK
     except Exception:
         traceback.print_exc()
         print("INTERNAL ERROR: the traceback above is a memeval or plugin bug", file=sys.stderr)
         return ExitCode.INTERNAL_ERROR
     finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
         if config is not None:
             config.pluginmanager.hook.memeval_unconfigure(config=config)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGTERM (a cancelled CI job) ends the run like Ctrl-C: reports written, exit code 2."""
+    raise KeyboardInterrupt

@@ -83,6 +83,9 @@ def collect(suite: SuiteFile, registry: Registry) -> list[Item]:
     c = Collector(suite, registry)
     model_adapters = _check_models(c)
     _check_datasets(c)
+    for fmt in suite.spec.report.formats():
+        if fmt not in registry.names("reporter"):
+            c.fail(("report", fmt), f"no reporter {fmt!r} is installed (reporters: {', '.join(registry.names('reporter'))})")
     items = []
     seen: dict[str, int] = {}
     for index, spec in enumerate(suite.spec.evaluations):

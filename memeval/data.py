@@ -92,7 +92,7 @@ def builtin_loaders() -> dict[str, Loader]:
     return loaders
 
 
-def rows_to_samples(rows: Any, spec: DatasetSpec, suite: SuiteFile, name: str) -> list[Sample]:
+def rows_to_samples(rows: Any, spec: DatasetSpec, suite: SuiteFile, name: str, seed: int) -> list[Sample]:
     """Check the named fields exist and turn rows into samples (limit and shuffle applied)."""
     columns = list(getattr(rows, "column_names", None) or [])
     for key in ("text_field", "prefix_field", "suffix_field", "tokens_field", "id_field"):
@@ -102,7 +102,7 @@ def rows_to_samples(rows: Any, spec: DatasetSpec, suite: SuiteFile, name: str) -
                               f"column {wanted!r} is not in the data{did_you_mean(wanted, columns)} "
                               f"(columns: {', '.join(columns)})")
     if spec.shuffle:
-        rows = rows.shuffle(seed=suite.spec.seed)
+        rows = rows.shuffle(seed=seed)
     if spec.limit is not None and len(rows) > spec.limit:
         rows = rows.select(range(spec.limit))
     samples = [_sample(row, index, spec) for index, row in enumerate(rows)]

@@ -27,7 +27,7 @@ hookspec = pluggy.HookspecMarker("memeval")
 
 @hookspec
 def memeval_addoption(parser: argparse.ArgumentParser) -> None:
-    """Add command-line options to `memeval run` (and `validate`). Called once at start-up,
+    """Add command-line options to `memeval run`. Called once at start-up,
     before the command line is parsed; read the values later from `config.options`."""
 
 

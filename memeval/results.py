@@ -55,6 +55,7 @@ class EvaluationResult:
     error: str | None = None
     started_at: str | None = None
     seconds: float = 0.0
+    setup_seconds: float = 0.0  # building the model (training a recipe, loading weights) before the first batch
 
     def metric(self, name: str) -> Metric | None:
         return next((m for m in self.metrics if m.name == name), None)

@@ -128,7 +128,7 @@ class Session:
             rows = loader(spec, self.suite)
         except UsageError as exc:
             raise exc if exc.file else self.suite.error(("datasets", name), exc.message) from None
-        return rows_to_samples(rows, spec, self.suite, name)
+        return rows_to_samples(rows, spec, self.suite, name, self.seed)
 
     def model(self, name: str) -> ModelAdapter | CachedCausalLM:
         """The named model, built on first use; a model that failed to build fails every user once
@@ -258,7 +258,11 @@ def run_item(session: Session, item: Item) -> EvaluationResult:
         try:
             model = context.model
             before = model.counter.snapshot() if isinstance(model, CachedCausalLM) else None
+            setup_seconds = time.perf_counter() - started
             result = hook.memeval_run_evaluation(item=item, context=context)
+            if result is None:
+                raise UsageError(f"no executor plugin ran evaluation {item.id!r} (is the 'local' plugin blocked?)")
+            result.setup_seconds = round(setup_seconds, 3)
             _check_metrics(item, result.metrics)
             if before is not None:
                 after = model.counter.snapshot()

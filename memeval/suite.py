@@ -224,18 +224,18 @@ def _describe(error: dict[str, Any], model: type[BaseModel] | None, loc: Loc) ->
 
 
 def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
-    """Field names (aliases) of the sub-model that `loc` points at inside `model`."""
+    """Field names (aliases) of the sub-model that `loc` points at inside `model`.
+
+    A part that is not a field of the current model is a list index or a dict key (a dataset or
+    model name): it is stepped over, staying on the container's item model.
+    """
     current: Any = model
     for part in loc:
-        if isinstance(part, int) or current is None:
-            current = getattr(current, "__item_model__", current)
-            continue
         if not (isinstance(current, type) and issubclass(current, BaseModel)):
             return []
-        info = current.model_fields.get(part)
-        current = _inner_model(info.annotation) if info else None
-        if current is None and info is None:
-            return []
+        info = current.model_fields.get(part) if isinstance(part, str) else None
+        if info is not None:
+            current = _inner_model(info.annotation)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return sorted(info.alias or name for name, info in current.model_fields.items())
     return []
@@ -284,5 +284,6 @@ def load_suite(path: str | Path) -> SuiteFile:
     try:
         spec = Suite.model_validate(raw)
     except ValidationError as exc:
-        raise SuiteErrors(validation_errors(exc, Suite, file, lines)) from None
+        errors = validation_errors(exc, Suite, file, lines)
+        raise SuiteErrors(sorted(errors, key=lambda e: e.line or 0)) from None
     return SuiteFile(path=path, spec=spec, lines=lines, raw=raw)

@@ -97,3 +97,29 @@ evaluations:
     assert records(tmp_path / "resumed") == records(tmp_path / "fresh")
     metrics = [read_run(tmp_path / name)["evaluations"][0]["metrics"] for name in ("resumed", "fresh")]
     assert metrics[0] == metrics[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_writes_an_interrupted_run_and_exits_2(tmp_path, slow_model_dir, sig):
+    write_jsonl(tmp_path / "d.jsonl", [{"text": f"{i} " + "abc def " * (1 + i % 7)} for i in range(N_SAMPLES)])
+    suite = tmp_path / "s.yaml"
+    suite.write_text(f"""
+memeval: 1
+suite: interrupt
+models:
+  m: {{adapter: hf-causal, path: {slow_model_dir}, batch_size: 4, threads: 1}}
+datasets:
+  d: {{loader: jsonl, path: d.jsonl}}
+evaluations:
+  - {{id: loss, method: lm.loss, model: m, dataset: d}}
+""")
+    cache = tmp_path / "cache"
+    proc = memeval(suite, "--out", tmp_path / "run", cache=cache)
+    deadline = time.time() + 120
+    while cached_rows(cache) < 20 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=60) == 2
+    run = read_run(tmp_path / "run")
+    assert run["status"] == "interrupted" and run["exit_code"] == 2

@@ -61,6 +61,12 @@ CASES = [
     ("duplicate evaluation id", ("      - {metric: loss_mean, max: 10}\n",
                                  "      - {metric: loss_mean, max: 10}\n  - {id: loss, method: lm.loss, model: tiny, "
                                  "dataset: train}\n"), 16, "evaluations[1].id", "duplicate evaluation id"),
+    ("unknown dataset key", ("id_field: id}", "id_feld: id}"), 5, "datasets.train.id_feld",
+     "did you mean 'id_field'"),
+    ("unknown model key", ("training: {epochs: 1}", "training: {epochs: 1}, batchsize: 3"), 7,
+     "models.tiny.batchsize", "did you mean 'batch_size'"),
+    ("reporter not installed", ("seed: 0", "seed: 0\nreport: {html: true, markdown: false}"), 4, "report.html",
+     "no reporter 'html' is installed"),
     ("duplicate key", ("seed: 0", "seed: 0\nseed: 1"), 4, "seed", "duplicate key"),
     ("bad evaluation id", ("- id: loss", "- id: 'my loss!'"), 9, "evaluations[0].id", "letters, digits"),
     ("baseline without tolerance", ("{metric: loss_mean, max: 10}", "{metric: loss_mean, baseline: runs/x}"), 15,
@@ -144,5 +150,7 @@ def test_all_errors_are_reported_at_once(tmp_path):
     assert [(e.line, e.field) for e in info.value.errors] == [(3, "seed"), (5, "evaluations[0].method")]
 
 
-def test_unknown_cli_option_is_a_usage_error(run_cli):
+def test_unknown_cli_option_is_a_usage_error(run_cli, tmp_path):
     assert run_cli("run", "--bogus")[0] == 4
+    assert run_cli("run", tmp_path / "s.yaml", "--limit", "0")[0] == 4
+    assert run_cli("run", tmp_path / "s.yaml", "--model", "nopath")[0] == 4

@@ -23,8 +23,9 @@ def format_metric(metric: Metric) -> str:
 
 
 class TerminalReporter:
-    """Progress lines per evaluation and a summary line, as pytest prints them. Registered as the
-    plugin `terminalreporter` in `memeval_configure`."""
+    """A line per evaluation and a summary line on stdout, as pytest prints them.
+
+    Registered as the plugin `terminalreporter` in `memeval_configure`."""
 
     def __init__(self, verbosity: int):
         self.verbosity = verbosity
@@ -41,7 +42,9 @@ class TerminalReporter:
     def memeval_evaluation_finish(self, item, result: EvaluationResult) -> None:
         if self.verbosity < 0 and result.status == "passed":
             return
-        _write(f"{MARKS[result.status]:7} {result.id} ({result.method}, n={result.n_samples}, {result.seconds:.1f}s)")
+        setup = f", model setup {result.setup_seconds:.1f}s" if result.setup_seconds >= 0.5 else ""
+        _write(f"{MARKS[result.status]:7} {result.id} ({result.method}, n={result.n_samples}, "
+               f"{result.seconds:.1f}s{setup})")
         if self.verbosity >= 0:
             for metric in result.metrics:
                 _write(f"    {format_metric(metric)}")
