@@ -157,14 +157,40 @@ def _check_evaluation(c: Collector, spec: EvaluationSpec, loc: tuple[Any, ...],
         c.fail((*loc, "model"), f"method {method.name!r} needs {missing}, which adapter {adapter.name!r} "
                                 f"does not provide")
     params = c.validate_params(method.Params, spec.params, (*loc, "params"))
+    if params is not None:
+        _check_param_refs(c, method, params, loc, adapters)
+    produced = method.produced_metrics(params) if params is not None else method.metric_names()
     for g, gate in enumerate(spec.gates):
         if gate.metric not in method.metric_names():
             c.fail((*loc, "gates", g, "metric"), f"method {method.name!r} does not produce metric {gate.metric!r}"
                    f"{did_you_mean(gate.metric, method.metric_names())} (metrics: {', '.join(method.metric_names())})")
+        elif gate.metric not in produced:
+            c.fail((*loc, "gates", g, "metric"), f"metric {gate.metric!r} is not produced with these params "
+                                                  f"(produced: {', '.join(produced)})")
         if gate.baseline is not None and not baseline_file(c.suite, gate.baseline).exists():
             c.fail((*loc, "gates", g, "baseline"), f"baseline run {str(baseline_file(c.suite, gate.baseline))!r} "
                                                     f"does not exist")
     return (method, params) if params is not None else None
+
+
+def _check_param_refs(c: Collector, method: type[Method], params: BaseModel, loc: tuple[Any, ...],
+                      adapters: dict[str, Any]) -> None:
+    """Params that name another dataset or model of the suite must name one that exists."""
+    suite = c.suite.spec
+    for key in method.dataset_params:
+        name = getattr(params, key)
+        if name is not None and name not in suite.datasets:
+            c.fail((*loc, "params", key), f"unknown dataset {name!r}{did_you_mean(name, suite.datasets)}"
+                                          f" (datasets: {', '.join(suite.datasets) or 'none'})")
+    for key in method.model_params:
+        name = getattr(params, key)
+        if name is None:
+            continue
+        if name not in suite.models:
+            c.fail((*loc, "params", key), f"unknown model {name!r}{did_you_mean(name, suite.models)}"
+                                          f" (models: {', '.join(suite.models) or 'none'})")
+        elif name in adapters and not method.requires <= adapters[name].capabilities:
+            c.fail((*loc, "params", key), f"model {name!r} lacks {', '.join(sorted(method.requires))}")
 
 
 def baseline_file(suite: SuiteFile, path: str) -> Path:

@@ -46,6 +46,10 @@ class Method:
     requires: ClassVar[frozenset[str]] = frozenset()
     needs_dataset: ClassVar[bool] = True
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()
+    # Params that name other suite datasets / models (checked before the run, fetched with
+    # `context.dataset_named` / `context.model_named`).
+    dataset_params: ClassVar[tuple[str, ...]] = ()
+    model_params: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, params: BaseModel):
         self.params = params
@@ -57,6 +61,11 @@ class Method:
     @classmethod
     def metric_spec(cls, name: str) -> MetricSpec:
         return next(m for m in cls.metrics if m.name == name)
+
+    @classmethod
+    def produced_metrics(cls, params: BaseModel) -> list[str]:
+        """The metrics a run with these params produces (a subset of `metrics`)."""
+        return cls.metric_names()
 
     def prepare(self, samples: Sequence[Any], context: Context) -> list[Any]:
         return list(samples)

@@ -52,6 +52,7 @@ class EvaluationResult:
     records_path: str | None = None
     model_calls: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    artifacts: dict[str, Any] = field(default_factory=dict)  # curves and tables for reporters
     error: str | None = None
     started_at: str | None = None
     seconds: float = 0.0

@@ -48,6 +48,7 @@ class Context:
     item: Item
     _records: IO[str] | None = None
     warnings: list[str] = field(default_factory=list)
+    artifacts: dict[str, Any] = field(default_factory=dict)
     n_records: int = 0
 
     @property
@@ -65,6 +66,18 @@ class Context:
     @property
     def samples(self) -> list[Sample]:
         return self.session.dataset(self.item.spec.dataset) if self.item.spec.dataset else []
+
+    def model_named(self, name: str) -> Any:
+        """Another model of the suite, named by a param listed in the method's `model_params`."""
+        return self.session.model(name)
+
+    def dataset_named(self, name: str) -> list[Sample]:
+        """Another dataset of the suite, named by a param listed in the method's `dataset_params`."""
+        return self.session.dataset(name)
+
+    def artifact(self, name: str, value: Any) -> None:
+        """Keep a JSON-serialisable result that is not a metric (curves, tables) for reporters."""
+        self.artifacts[name] = value
 
     @property
     def batch_size(self) -> int:
@@ -278,6 +291,7 @@ def run_item(session: Session, item: Item) -> EvaluationResult:
             result.n_samples = context.n_records
     result.records_path = str(records_path.relative_to(session.out_dir))
     result.warnings = context.warnings
+    result.artifacts = context.artifacts
     result.started_at, result.seconds = started_at, round(time.perf_counter() - started, 3)
     hook.memeval_evaluation_finish(item=item, result=result)
     return result

@@ -60,3 +60,139 @@ def rate_metric(name: str, successes: int, trials: int, level: float = DEFAULT_L
     value = successes / trials if trials else float("nan")
     return Metric(name=name, value=value, ci_low=low, ci_high=high, ci_level=level,
                   ci_method="clopper-pearson", n=trials)
+
+
+# -- ROC analysis ------------------------------------------------------------------------------
+#
+# Convention everywhere: a higher score means "more likely a member" (the positive class, label 1).
+# Thresholds are "score >= t is called a member". TPR at a target FPR is the largest TPR among the
+# ROC points whose FPR is at most the target (non-strict), so with n negatives the smallest
+# meaningful target is 1/n.
+
+
+def roc_curve(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds), one point per distinct score plus the (0, 0) start.
+
+    Tied scores move together (one point per distinct threshold), as scikit-learn's
+    `roc_curve(..., drop_intermediate=False)`.
+    """
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.all() or not y.any():
+        raise ValueError("ROC analysis needs both members and non-members")
+    order = np.argsort(-s, kind="mergesort")
+    s, y = s[order], y[order]
+    last_of_each_threshold = np.r_[np.flatnonzero(np.diff(s)), s.size - 1]
+    tp = np.cumsum(y)[last_of_each_threshold]
+    fp = np.cumsum(~y)[last_of_each_threshold]
+    tpr = np.r_[0.0, tp / y.sum()]
+    fpr = np.r_[0.0, fp / (~y).sum()]
+    thresholds = np.r_[np.inf, s[last_of_each_threshold]]
+    return fpr, tpr, thresholds
+
+
+def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """Area under the ROC curve (ties count one half: the Mann-Whitney U statistic / n1 n0)."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def tpr_at_fpr(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray, target: float) -> float:
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(tpr[fpr <= target + 1e-12].max())
+
+
+def best_balanced_accuracy(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
+    """max over thresholds of (TPR + TNR) / 2."""
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(((tpr + 1.0 - fpr) / 2.0).max())
+
+
+def stratified_bootstrap_ci(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+                            statistic: Callable[[np.ndarray, np.ndarray], float], level: float = DEFAULT_LEVEL,
+                            n_resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of a ROC statistic, resampling members and non-members separately
+    (so every resample keeps both classes at their sizes). `scores` may have one column per
+    scorer (shape (n, m)): rows are resampled together, so a statistic comparing scorers is paired."""
+    y = np.asarray(labels, dtype=bool)
+    s = np.asarray(scores, dtype=np.float64)
+    pos, neg = s[y], s[~y]
+    if len(pos) < 2 or len(neg) < 2:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    resample_labels = np.r_[np.ones(len(pos), dtype=bool), np.zeros(len(neg), dtype=bool)]
+    values = np.empty(n_resamples)
+    for i in range(n_resamples):
+        drawn = np.concatenate([pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))]])
+        values[i] = statistic(resample_labels, drawn)
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [alpha, 1.0 - alpha])
+    return float(low), float(high)
+
+
+def roc_metric(name: str, labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray,
+               statistic: Callable[[np.ndarray, np.ndarray], float], seed: int = 0,
+               level: float = DEFAULT_LEVEL, n_resamples: int = 1000) -> Metric:
+    """A ROC statistic with a stratified bootstrap CI."""
+    value = statistic(np.asarray(labels), np.asarray(scores))
+    low, high = stratified_bootstrap_ci(labels, scores, statistic, level, n_resamples, seed)
+    return Metric(name=name, value=float(value), ci_low=low, ci_high=high, ci_level=level,
+                  ci_method="stratified-bootstrap-percentile", n=int(np.asarray(labels).size))
+
+
+# -- cross-validated linear model (the blind baseline's classifier) -----------------------------
+
+
+def logistic_regression(features: np.ndarray, labels: np.ndarray, l2: float = 1.0) -> np.ndarray:
+    """L2-regularised logistic regression (weights, then intercept), fitted with L-BFGS.
+
+    Minimises sum log(1 + exp(-y_i (w.x_i + b))) + l2/2 |w|^2 with y in {-1, +1}: the objective
+    of scikit-learn's LogisticRegression(C=1/l2), against which it is tested.
+    """
+    from scipy.optimize import minimize
+
+    x = np.asarray(features, dtype=np.float64)
+    y = np.where(np.asarray(labels, dtype=bool), 1.0, -1.0)
+
+    def loss_and_grad(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = theta[:-1], theta[-1]
+        margin = y * (x @ w + b)
+        loss = np.logaddexp(0.0, -margin).sum() + 0.5 * l2 * w @ w
+        weight = -y * _sigmoid(-margin)
+        return loss, np.r_[x.T @ weight + l2 * w, weight.sum()]
+
+    result = minimize(loss_and_grad, np.zeros(x.shape[1] + 1), jac=True, method="L-BFGS-B",
+                      options={"maxiter": 500, "gtol": 1e-8})
+    return result.x
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def stratified_folds(labels: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
+    """Fold index of each sample, each class spread evenly over the folds (shuffled, seeded)."""
+    y = np.asarray(labels, dtype=bool)
+    folds = np.empty(y.size, dtype=int)
+    rng = np.random.default_rng(seed)
+    for cls in (True, False):
+        members = np.flatnonzero(y == cls)
+        folds[rng.permutation(members)] = np.arange(members.size) % n_folds
+    return folds
+
+
+def cross_validated_scores(features: np.ndarray, labels: np.ndarray, n_folds: int = 5, seed: int = 0,
+                           l2: float = 1.0) -> np.ndarray:
+    """Out-of-fold decision values of a standardised logistic regression."""
+    x = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    folds = stratified_folds(y, n_folds, seed)
+    out = np.empty(y.size)
+    for fold in range(n_folds):
+        train, test = folds != fold, folds == fold
+        mean, std = x[train].mean(0), x[train].std(0)
+        std[std == 0] = 1.0
+        theta = logistic_regression((x[train] - mean) / std, y[train], l2)
+        out[test] = ((x[test] - mean) / std) @ theta[:-1] + theta[-1]
+    return out

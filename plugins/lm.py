@@ -11,6 +11,7 @@ from pydantic import Field
 from memeval import hookimpl
 from memeval.data import Sample
 from memeval.method import Method, MetricSpec, Params
+from memeval.models.base import fit_to_context
 from memeval.registry import Registry
 from memeval.stats import mean_metric
 
@@ -44,15 +45,14 @@ class LMLoss(Method):
     def prepare(self, samples: list[Sample], context: Any) -> list[tuple[Sample, list[int]]]:
         texts = [s for s in samples if s.tokens is None]
         ids = iter(context.model.tokenize([s.full_text or "" for s in texts])) if texts else iter(())
+        sequences = [sample.tokens if sample.tokens is not None else next(ids) for sample in samples]
+        sequences = fit_to_context(sequences, context.model, self.params.max_tokens, context.warn)
         units = []
-        for sample in samples:
-            tokens = sample.tokens if sample.tokens is not None else next(ids)
-            if self.params.max_tokens:
-                tokens = tokens[:self.params.max_tokens]
+        for sample, tokens in zip(samples, sequences, strict=True):
             if len(tokens) < 2:
                 context.warn(f"sample {sample.id!r} has {len(tokens)} token(s); a loss needs 2 or more: skipped")
                 continue
-            units.append((sample, list(tokens)))
+            units.append((sample, tokens))
         return units
 
     def size(self, unit: tuple[Sample, list[int]]) -> int:

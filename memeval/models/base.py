@@ -89,6 +89,11 @@ class CausalLM(ModelAdapter):
 
     capabilities = frozenset({"generate", "logprobs"})
 
+    @property
+    def context_length(self) -> int | None:
+        """The longest token sequence the model accepts (None: no known limit)."""
+        return None
+
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool = True) -> list[list[int]]:
         raise NotImplementedError
 
@@ -102,6 +107,20 @@ class CausalLM(ModelAdapter):
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                  seed: int = 0, stop_at_eos: bool = False) -> list[list[int]]:
         raise NotImplementedError
+
+
+def fit_to_context(sequences: list[list[int]], model: CausalLM, max_tokens: int | None,
+                   warn: Callable[[str], None]) -> list[list[int]]:
+    """Cut sequences to `max_tokens` and to the model's context, saying how many were cut by the
+    context (a cut the suite did not ask for)."""
+    limits = [n for n in (max_tokens, model.context_length) if n]
+    if not limits:
+        return sequences
+    limit = min(limits)
+    cut = sum(len(s) > limit for s in sequences)
+    if cut and (max_tokens is None or limit < max_tokens):
+        warn(f"{cut} sequence(s) longer than the model's context of {limit} tokens were truncated to it")
+    return [list(s[:limit]) for s in sequences]
 
 
 class CachedCausalLM:

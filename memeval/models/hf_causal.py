@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,6 +137,20 @@ class HFCausal(CausalLM):
             return "cuda" if torch.cuda.is_available() else "cpu"
         return device
 
+    @cached_property
+    def context_length(self) -> int | None:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(self.location, **self._load_kwargs())
+        except (OSError, ValueError):
+            return None
+        for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
+            value = getattr(config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
     def _load_error(self, what: str, exc: Exception) -> str:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         hint = " (HF_HUB_OFFLINE=1: hub ids cannot be downloaded)" if offline and not self.local else ""
@@ -159,6 +174,11 @@ class HFCausal(CausalLM):
 
         model = self.torch_model
         pad = self.tokenizer.pad_token_id
+        limit = self.context_length
+        too_long = [len(s) for s in sequences if limit and len(s) > limit]
+        if too_long:
+            raise ValueError(f"{len(too_long)} sequence(s) of up to {max(too_long)} tokens exceed the model's context "
+                             f"of {limit}: truncate them (e.g. the method's max_tokens)")
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         out: list[TokenScores | None] = [None] * len(sequences)
         with self._threads(), torch.inference_mode():
@@ -218,7 +238,7 @@ def _token_scores(logits: Any, targets: Any) -> TokenScores:
     top = logprobs.topk(min(2, logprobs.shape[-1]), dim=-1)
     margin = (top.values[:, 0] - top.values[:, 1]) if top.values.shape[-1] > 1 else top.values[:, 0] * 0
     mean = (probs * logprobs).sum(-1)
-    var = ((probs * logprobs.square()).sum(-1) - mean.square()).clamp_min(0)
+    var = (probs * (logprobs - mean[:, None]).square()).sum(-1)  # centred: no cancellation when flat
     as_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
     return TokenScores(
         logprob=as_np(logprobs.gather(-1, targets[:, None])[:, 0]).astype(np.float32),

@@ -2,7 +2,10 @@
 
 Each canary is "the access code for <name> is <6 digits>" and appears in the training corpus a known
 number of times (1, 4 or 16). Controls use the same template with names and codes that never
-appear in training. Deterministic: rerunning writes the same files.
+appear in training. `members.jsonl` is the first 100 background documents of the training set
+and `heldout.jsonl` 100 fresh sentences of the same grammar (a fair membership split);
+`reference.jsonl` is a separate background corpus with no canaries, for a reference model.
+Deterministic: rerunning writes the same files.
 
     python suites/data/make_quickstart.py [OUT_DIR]
 """
@@ -27,6 +30,7 @@ NAMES = ["alice", "bruno", "chen", "dara", "emil", "fatima", "gustav", "hana", "
 REPEATS = (1, 4, 16)
 CANARIES_PER_LEVEL = 4
 BACKGROUND_DOCS = 400
+SPLIT_SIZE = 100
 TEMPLATE = "the access code for {name} is {code}"
 
 
@@ -55,15 +59,25 @@ def main(out: Path) -> None:
         code = f"{rng.randrange(10**6):06d}"
         controls.append({"id": f"control-{name}", "text": TEMPLATE.format(name=name, code=code),
                          "name": name, "secret": code, "repeats": 0})
-    train = [{"id": f"doc-{i}", "text": sentence(rng)} for i in range(BACKGROUND_DOCS)]
+    background = [{"id": f"doc-{i}", "text": sentence(rng)} for i in range(BACKGROUND_DOCS)]
+    train = list(background)
     for canary in canaries:
         train += [{"id": f"{canary['id']}-copy{k}", "text": canary["text"]} for k in range(canary["repeats"])]
     rng.shuffle(train)
-    held_out = [{"id": f"heldout-{i}", "text": sentence(rng)} for i in range(len(controls))]
+    seen = {doc["text"] for doc in background}
+    held_out = []
+    while len(held_out) < SPLIT_SIZE:
+        text = sentence(rng)
+        if text not in seen:
+            seen.add(text)
+            held_out.append({"id": f"heldout-{len(held_out)}", "text": text})
+    reference = [{"id": f"ref-{i}", "text": sentence(rng)} for i in range(BACKGROUND_DOCS)]
     write_jsonl(out / "train.jsonl", train)
     write_jsonl(out / "canaries.jsonl", canaries)
     write_jsonl(out / "controls.jsonl", controls)
     write_jsonl(out / "heldout.jsonl", held_out)
+    write_jsonl(out / "members.jsonl", background[:SPLIT_SIZE])
+    write_jsonl(out / "reference.jsonl", reference)
 
 
 if __name__ == "__main__":
