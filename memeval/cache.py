@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from memeval.errors import CacheMiss
+from memeval.errors import CacheMiss, UsageError
 
 MODES = ("use", "refresh", "off", "only")
 CACHE_FORMAT = 1  # bump when the stored value layout changes; old entries then stop matching
@@ -62,6 +62,8 @@ class OutputCache:
         if self.mode not in MODES:
             raise ValueError(f"cache mode must be one of {MODES}, got {self.mode!r}")
         if self.mode != "off":
+            if self.directory.exists() and not self.directory.is_dir():
+                raise UsageError(f"cache directory {self.directory}: exists and is not a directory")
             self.directory.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(self.directory / "outputs.sqlite", timeout=60)
             self._conn.execute("PRAGMA journal_mode=WAL")

@@ -37,6 +37,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32), got {text}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", dest="plugins", action="append", default=[], metavar="NAME",
                         help="load plugin module NAME, or block plugin NAME with no:NAME")
@@ -55,7 +62,7 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
     run.add_argument("-k", dest="keyword", metavar="EXPR",
                      help="only evaluations whose id/method/model/dataset/suite name match EXPR (and, or, not, parentheses)")
     run.add_argument("--out", metavar="DIR", help="run directory (default memeval-runs/<suite>-<time>)")
-    run.add_argument("--seed", type=int, help="override the suite's seed")
+    run.add_argument("--seed", type=_seed, help="override the suite's seed")
     run.add_argument("--limit", type=_positive_int, metavar="N", help="use only the first N samples of each dataset")
     run.add_argument("--cache", choices=MODES, default="use",
                      help="use: read and write; refresh: recompute and write; off; only: replay, a miss is an error")
@@ -91,25 +98,40 @@ def _plugin_args(argv: list[str]) -> list[str]:
     return found
 
 
-def default_out_dir(suite_path: str, base: str | None, several: bool) -> Path:
-    stem = Path(suite_path).stem
+def out_dirs(suites: list[str], base: str | None) -> list[Path]:
+    """One run directory per suite: --out itself for one suite, --out/<stem> for several (stems made
+    unique), else memeval-runs/<stem>-<time> (made unique if it exists)."""
+    stems: list[str] = []
+    for suite in suites:
+        stem, n = Path(suite).stem, 2
+        while stem in stems:
+            stem, n = f"{Path(suite).stem}-{n}", n + 1
+        stems.append(stem)
     if base:
-        return Path(base) / stem if several else Path(base)
+        return [Path(base)] if len(suites) == 1 else [Path(base) / stem for stem in stems]
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("memeval-runs") / f"{stem}-{stamp}"
+    dirs = []
+    for stem in stems:
+        path, n = Path("memeval-runs") / f"{stem}-{stamp}", 2
+        while path.exists():
+            path, n = Path("memeval-runs") / f"{stem}-{stamp}-{n}", n + 1
+        dirs.append(path)
+    return dirs
 
 
 def cmd_run(config: Config) -> ExitCode:
     from memeval.runner import run_suite
 
     options = config.options
-    worst = ExitCode.OK
-    for path in options.suites:
-        code = run_suite(config, path, default_out_dir(path, options.out, len(options.suites) > 1))
-        worst = max(worst, code, key=_severity)
-        if code == ExitCode.INTERRUPTED:
+    codes = []
+    for path, out_dir in zip(options.suites, out_dirs(options.suites, options.out), strict=True):
+        if out_dir.exists() and not out_dir.is_dir():
+            raise UsageError(f"--out {out_dir}: exists and is not a directory")
+        codes.append(run_suite(config, path, out_dir))
+        if codes[-1] == ExitCode.INTERRUPTED:
             break
-    return worst
+    ran = [c for c in codes if c != ExitCode.NO_EVALUATIONS]  # like pytest: 5 only if nothing ran at all
+    return max(ran, key=_severity) if ran else ExitCode.NO_EVALUATIONS
 
 
 def _severity(code: ExitCode) -> int:

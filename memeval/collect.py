@@ -18,6 +18,7 @@ from memeval.data import FILE_BUILDERS, data_files
 from memeval.errors import UsageError, did_you_mean
 from memeval.method import Method
 from memeval.registry import Registry, UnknownName
+from memeval.results import load_run
 from memeval.suite import EvaluationSpec, ModelSpec, SuiteErrors, SuiteFile, validation_errors
 
 
@@ -167,9 +168,8 @@ def _check_evaluation(c: Collector, spec: EvaluationSpec, loc: tuple[Any, ...],
         elif gate.metric not in produced:
             c.fail((*loc, "gates", g, "metric"), f"metric {gate.metric!r} is not produced with these params "
                                                   f"(produced: {', '.join(produced)})")
-        if gate.baseline is not None and not baseline_file(c.suite, gate.baseline).exists():
-            c.fail((*loc, "gates", g, "baseline"), f"baseline run {str(baseline_file(c.suite, gate.baseline))!r} "
-                                                    f"does not exist")
+        if gate.baseline is not None:
+            _check_baseline(c, baseline_file(c.suite, gate.baseline), (*loc, "gates", g, "baseline"))
     return (method, params) if params is not None else None
 
 
@@ -191,6 +191,18 @@ def _check_param_refs(c: Collector, method: type[Method], params: BaseModel, loc
                                           f" (models: {', '.join(suite.models) or 'none'})")
         elif name in adapters and not method.requires <= adapters[name].capabilities:
             c.fail((*loc, "params", key), f"model {name!r} lacks {', '.join(sorted(method.requires))}")
+
+
+def _check_baseline(c: Collector, path: Path, loc: tuple[Any, ...]) -> None:
+    if not path.exists():
+        c.fail(loc, f"baseline run {str(path)!r} does not exist")
+        return
+    try:
+        run = load_run(path)
+        if not isinstance(run.get("evaluations"), list):
+            raise ValueError("it has no list of evaluations")
+    except (ValueError, OSError, AttributeError) as exc:
+        c.fail(loc, f"baseline run {str(path)!r} is not a memeval run.json: {exc}")
 
 
 def baseline_file(suite: SuiteFile, path: str) -> Path:

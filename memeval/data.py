@@ -105,13 +105,23 @@ def rows_to_samples(rows: Any, spec: DatasetSpec, suite: SuiteFile, name: str, s
         rows = rows.shuffle(seed=seed)
     if spec.limit is not None and len(rows) > spec.limit:
         rows = rows.select(range(spec.limit))
-    samples = [_sample(row, index, spec) for index, row in enumerate(rows)]
+    try:
+        samples = [_sample(row, index, spec) for index, row in enumerate(rows)]
+    except UsageError as exc:
+        raise suite.error(("datasets", name), exc.message) from None
     if not samples:
         raise suite.error(("datasets", name), "the dataset is empty (0 rows)")
     return samples
 
 
 def _sample(row: dict[str, Any], index: int, spec: DatasetSpec) -> Sample:
+    for key in ("text_field", "prefix_field", "suffix_field"):
+        column = getattr(spec, key)
+        if column is not None and not isinstance(row[column], str):
+            raise UsageError(f"row {index}: column {column!r} should hold text, got {row[column]!r}")
+    if spec.tokens_field is not None and not (
+            isinstance(row[spec.tokens_field], list) and all(isinstance(t, int) for t in row[spec.tokens_field])):
+        raise UsageError(f"row {index}: column {spec.tokens_field!r} should hold a list of token ids")
     used = {spec.text_field, spec.prefix_field, spec.suffix_field, spec.tokens_field, spec.id_field}
     sample_id = str(row[spec.id_field]) if spec.id_field else str(index)
     return Sample(

@@ -71,6 +71,7 @@ class RunResult:
     evaluations: list[EvaluationResult] = field(default_factory=list)
     status: str = "running"  # running | completed | interrupted | error
     exit_code: int | None = None
+    error: str | None = None  # what stopped the run, when it did not complete
     started_at: str | None = None
     finished_at: str | None = None
     seconds: float = 0.0
@@ -102,6 +103,8 @@ def load_run(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / "run.json"
     data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
     if data.get("schema_version") != RUN_SCHEMA_VERSION:
         raise ValueError(f"{path}: run schema version {data.get('schema_version')!r}, "
                          f"this memeval reads {RUN_SCHEMA_VERSION}")

@@ -120,6 +120,7 @@ class Session:
         self._model_errors: dict[str, BaseException] = {}
         self._datasets: dict[str, list[Sample]] = {}
         self.items: list[Item] = []
+        self.current: Item | None = None
         self.result = RunResult(suite={}, config={})
 
     def log(self, message: str) -> None:
@@ -187,6 +188,9 @@ def memeval_run_evaluation(item: Item, context: Context) -> EvaluationResult:
 
     method = item.method_cls(item.params)
     units = method.prepare(context.samples, context)
+    if not units:
+        reasons = "; ".join(context.warnings) or "the method kept no sample"
+        raise UsageError(f"evaluation {item.id!r} has nothing to evaluate ({reasons})")
     order = sorted(range(len(units)), key=lambda i: method.size(units[i]), reverse=True)
     size = context.batch_size
     records: list[dict[str, Any]] = []
@@ -233,14 +237,16 @@ def run_suite(config: Config, path: str, out_dir: Path) -> ExitCode:
     result = session.result
     result.suite = {"name": suite.spec.suite, "path": str(suite.path), "description": suite.spec.description,
                     "seed": session.seed}
-    result.config = {"suite": suite.spec.model_dump(mode="json", by_alias=True), "options": _options(config)}
+    result.config = {"suite": suite.spec.model_dump(mode="json", by_alias=True), "options": _options(config),
+                     "cache_dir": str(config.cache_dir.resolve()), "cache_mode": config.cache_mode}
     result.environment = environment(suite.base_dir)
     result.started_at = now()
     started = time.perf_counter()
     exit_code = ExitCode.NO_EVALUATIONS if not items else ExitCode.OK
-    failure: UsageError | SuiteErrors | None = None
+    failure: BaseException | None = None
     try:
         for item in items:
+            session.current = item
             result.evaluations.append(run_item(session, item))
         exit_code = _exit_code(result.evaluations) if items else ExitCode.NO_EVALUATIONS
         result.status = "completed"
@@ -248,6 +254,10 @@ def run_suite(config: Config, path: str, out_dir: Path) -> ExitCode:
         result.status, exit_code = "interrupted", ExitCode.INTERRUPTED
     except (UsageError, SuiteErrors) as exc:
         result.status, exit_code, failure = "error", ExitCode.USAGE_ERROR, exc
+        result.error = _where(session, str(exc))
+    except Exception as exc:  # a bug outside any one evaluation (a plugin hook, a reporter)
+        result.status, exit_code, failure = "error", ExitCode.INTERNAL_ERROR, exc
+        result.error = _where(session, "".join(traceback.format_exception(exc)))
     finally:
         result.finished_at = now()
         result.seconds = round(time.perf_counter() - started, 3)
@@ -257,6 +267,11 @@ def run_suite(config: Config, path: str, out_dir: Path) -> ExitCode:
     if failure is not None:
         raise failure
     return exit_code
+
+
+def _where(session: Session, message: str) -> str:
+    item = getattr(session, "current", None)
+    return f"in evaluation {item.id!r}: {message}" if item is not None else message
 
 
 def run_item(session: Session, item: Item) -> EvaluationResult:
@@ -282,7 +297,11 @@ def run_item(session: Session, item: Item) -> EvaluationResult:
                 result.model_calls = {k: after[k] - before[k] for k in after}
             result.gates = [judge(gate, result, session.suite) for gate in item.spec.gates]
             result.status = "passed" if all(v.passed for v in result.gates) else "failed"
-        except (UsageError, SuiteErrors, KeyboardInterrupt):
+        except UsageError as exc:
+            if exc.file is None and item.spec.model:  # e.g. a tokenizer that failed to load lazily
+                raise session.suite.error(("evaluations", item.index), exc.message) from None
+            raise
+        except (SuiteErrors, KeyboardInterrupt):
             raise
         except Exception as exc:
             result = EvaluationResult(id=item.id, method=item.method_cls.name, model=item.spec.model,

@@ -7,6 +7,7 @@ by `memeval.collect` against the registry, with the same error format.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,15 @@ class GateSpec(Strict):
     @model_validator(mode="after")
     def _has_a_threshold(self) -> GateSpec:
         relative = self.max_increase is not None or self.max_decrease is not None
+        numbers = {k: v for k, v in self.model_dump().items() if isinstance(v, float)}
+        for key, value in numbers.items():
+            if not math.isfinite(value):
+                raise ValueError(f"'{key}' must be a finite number, got {value}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"'min' ({self.min:g}) is above 'max' ({self.max:g}): no value can pass")
+        for key in ("max_increase", "max_decrease"):
+            if numbers.get(key, 0.0) < 0:
+                raise ValueError(f"'{key}' must be >= 0")
         if self.baseline is not None and not relative:
             raise ValueError("'baseline' needs 'max_increase' or 'max_decrease'")
         if self.min is None and self.max is None and not relative:
@@ -118,7 +128,7 @@ class Suite(Strict):
     memeval: Literal[1] = Field(description="schema version of the suite file")
     suite: str
     description: str | None = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**32)
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
     evaluations: list[EvaluationSpec]
@@ -167,27 +177,54 @@ def line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
     return lines.get(())
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+MAX_DEPTH = 64
+
+
 def _construct(node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: str) -> Any:
+    if len(loc) > MAX_DEPTH:
+        raise UsageError("YAML nested too deeply (an alias that contains itself?)", file=file,
+                         line=node.start_mark.line + 1)
     lines.setdefault(loc, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        _reject_duplicate_keys(node, loc, file)
+        try:
+            yaml.constructor.SafeConstructor().flatten_mapping(node)  # `<<: *anchor` merge keys
+        except yaml.MarkedYAMLError as exc:
+            raise UsageError(f"invalid YAML merge: {exc.problem}", file=file, line=node.start_mark.line + 1) from None
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = _scalar(key_node)
+            key = _scalar(key_node, file)
             if not isinstance(key, str):
                 raise UsageError(f"keys must be strings, got {key!r}", file=file, line=key_node.start_mark.line + 1)
-            if key in out:
-                raise UsageError(f"duplicate key {key!r}", file=file, line=key_node.start_mark.line + 1,
-                                 field=format_path((*loc, key)))
             lines[(*loc, key)] = key_node.start_mark.line + 1
-            out[key] = _construct(value_node, (*loc, key), lines, file)
+            out[key] = _construct(value_node, (*loc, key), lines, file)  # a later key overrides a merged one
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, (*loc, i), lines, file) for i, item in enumerate(node.value)]
-    return _scalar(node)
+    return _scalar(node, file)
 
 
-def _scalar(node: yaml.Node) -> Any:
-    return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+def _reject_duplicate_keys(node: yaml.MappingNode, loc: Loc, file: str) -> None:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == MERGE_TAG or not isinstance(key_node, yaml.ScalarNode):
+            continue
+        if key_node.value in seen:
+            raise UsageError(f"duplicate key {key_node.value!r}", file=file, line=key_node.start_mark.line + 1,
+                             field=format_path((*loc, key_node.value)))
+        seen.add(key_node.value)
+
+
+def _scalar(node: yaml.Node, file: str) -> Any:
+    """A YAML scalar through the safe constructor; a bad tag or value is a usage error at its line."""
+    try:
+        return yaml.constructor.SafeConstructor().construct_object(node, deep=True)
+    except yaml.MarkedYAMLError as exc:
+        message = exc.problem or str(exc)
+    except (ValueError, TypeError, AttributeError, OverflowError, RecursionError) as exc:
+        message = f"cannot read value {getattr(node, 'value', '')!r} with tag {node.tag!r}: {exc}"
+    raise UsageError(f"invalid YAML: {message}", file=file, line=node.start_mark.line + 1)
 
 
 def parse_yaml(text: str, file: str) -> tuple[Any, dict[Loc, int]]:
@@ -278,7 +315,7 @@ def load_suite(path: str | Path) -> SuiteFile:
     if not isinstance(raw, dict):
         raise UsageError(f"expected a mapping with keys memeval, suite, models, datasets, evaluations; "
                          f"got {type(raw).__name__}", file=file, line=1)
-    if "memeval" in raw and raw["memeval"] != SCHEMA_VERSION:
+    if "memeval" in raw and (raw["memeval"] != SCHEMA_VERSION or isinstance(raw["memeval"], bool)):
         raise UsageError(f"unsupported suite schema version {raw['memeval']!r}; this memeval reads version "
                          f"{SCHEMA_VERSION}", file=file, line=lines.get(("memeval",)), field="memeval")
     try:

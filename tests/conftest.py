@@ -41,7 +41,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def tiny_texts(n: int = 40) -> list[str]:
     words = ["red", "fox", "jumps", "over", "the", "lazy", "dog", "and", "cat", "runs"]
-    return [" ".join(words[(i * 3 + k) % len(words)] for k in range(4 + i % 5)) for i in range(n)]
+    return [" ".join(words[(i * 3 + k + i // 10) % len(words)] for k in range(4 + i % 7)) for i in range(n)]
 
 
 @pytest.fixture

@@ -134,3 +134,71 @@ def test_a_method_that_raises_is_an_internal_error_and_others_still_run(tiny_sui
     run = read_run(tmp_path / "r")
     assert [e["status"] for e in run["evaluations"]] == ["error", "passed"]
     assert "RuntimeError: planted failure" in run["evaluations"][0]["error"]
+
+
+def test_nothing_left_to_evaluate_is_a_usage_error(tiny_suite, run_cli, tmp_path):
+    (tmp_path / "data" / "empty-text.jsonl").write_text('{"text": ""}\n{"text": ""}\n')
+    suite = tiny_suite("""
+      - {id: blank, method: lm.loss, model: tiny, dataset: blank}
+    """, extra="")
+    suite.write_text(suite.read_text().replace("datasets:\n", "datasets:\n  blank: {loader: jsonl, path: data/empty-text.jsonl}\n"))
+    code, _, err = run_cli("run", suite, "--out", tmp_path / "r")
+    assert code == 4 and "nothing to evaluate" in err
+    run = read_run(tmp_path / "r")
+    assert run["status"] == "error" and "nothing to evaluate" in run["error"] and "'blank'" in run["error"]
+
+
+def test_non_text_values_are_usage_errors_naming_the_row(tiny_suite, run_cli, tmp_path):
+    (tmp_path / "data" / "nulls.jsonl").write_text('{"text": "ok"}\n{"text": null}\n')
+    suite = tiny_suite("""
+      - {id: nulls, method: lm.loss, model: tiny, dataset: nulls}
+    """)
+    suite.write_text(suite.read_text().replace("datasets:\n", "datasets:\n  nulls: {loader: jsonl, path: data/nulls.jsonl}\n"))
+    code, _, err = run_cli("run", suite, "--out", tmp_path / "r")
+    assert code == 4 and "datasets.nulls: row 1: column 'text' should hold text, got None" in err
+
+
+def test_bad_baseline_and_bad_out_dir_are_usage_errors(tiny_suite, run_cli, tmp_path):
+    (tmp_path / "broken.json").write_text("{not json")
+    suite = tiny_suite(f"""
+      - id: train-loss
+        method: lm.loss
+        model: tiny
+        dataset: train
+        gates:
+          - {{metric: loss_mean, baseline: {tmp_path / 'broken.json'}, max_increase: 0.1}}
+    """)
+    code, _, err = run_cli("validate", suite)
+    assert code == 4 and "is not a memeval run.json" in err
+    (tmp_path / "afile").write_text("x")
+    assert run_cli("run", tiny_suite(name="ok.yaml"), "--out", tmp_path / "afile")[0] == 4
+    assert run_cli("run", tiny_suite(name="ok.yaml"), "--cache-dir", tmp_path / "afile", "--out", tmp_path / "o")[0] == 4
+
+
+def test_several_suites_exit_5_only_when_none_ran_and_never_share_a_directory(tiny_suite, run_cli, tmp_path):
+    first = tiny_suite(TWO, name="a.yaml")
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    second = other_dir / "a.yaml"
+    second.write_text(first.read_text().replace("path: data/", f"path: {tmp_path}/data/"))
+    code, _, _ = run_cli("run", first, second, "-k", "unseen", "--out", tmp_path / "both")
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "both").iterdir()) == ["a", "a-2"]
+    assert run_cli("run", first, second, "-k", "nomatch", "--out", tmp_path / "none")[0] == 5
+
+
+def test_a_failing_hook_outside_evaluations_is_recorded(tiny_suite, run_cli, tmp_path, monkeypatch):
+    (tmp_path / "badhook.py").write_text(
+        "from memeval import hookimpl\n\n@hookimpl\ndef memeval_evaluation_finish(item, result):\n"
+        "    raise RuntimeError('hook bug')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, _, err = run_cli("run", tiny_suite(), "-p", "badhook", "--out", tmp_path / "r")
+    assert code == 3 and "hook bug" in err
+    run = read_run(tmp_path / "r")
+    assert run["status"] == "error" and run["exit_code"] == 3 and "hook bug" in run["error"]
+
+
+def test_recipe_identity_ignores_the_training_log(tiny_suite, run_cli, tmp_path):
+    assert run_cli("run", tiny_suite(), "--out", tmp_path / "r")[0] == 0
+    identity = read_run(tmp_path / "r")["models"]["tiny"]
+    assert "model.safetensors" in identity["files_sha256"] and "recipe.json" not in identity["files_sha256"]

@@ -67,6 +67,16 @@ CASES = [
      "models.tiny.batchsize", "did you mean 'batch_size'"),
     ("reporter not installed", ("seed: 0", "seed: 0\nreport: {html: true, markdown: false}"), 4, "report.html",
      "no reporter 'html' is installed"),
+    ("unknown YAML tag", ("suite: bad", "suite: !foo bad"), 2, None, "could not determine a constructor"),
+    ("python tag", ("suite: bad", "suite: !!python/object:os.system bad"), 2, None, "invalid YAML"),
+    ("bad int tag", ("seed: 0", "seed: !!int abc"), 3, None, "invalid literal"),
+    ("recursive alias", ("evaluations:\n", "loop: &e [*e]\nevaluations:\n"), 8, None, "nested too deeply"),
+    ("negative seed", ("seed: 0", "seed: -1"), 3, "seed", "greater than or equal to 0"),
+    ("NaN gate", ("{metric: loss_mean, max: 10}", "{metric: loss_mean, max: .nan}"), 15, "evaluations[0].gates[0]",
+     "finite"),
+    ("impossible gate range", ("{metric: loss_mean, max: 10}", "{metric: loss_mean, min: 10, max: 1}"), 15,
+     "evaluations[0].gates[0]", "no value can pass"),
+    ("boolean schema version", ("memeval: 1", "memeval: true"), 1, "memeval", "unsupported suite schema version"),
     ("duplicate key", ("seed: 0", "seed: 0\nseed: 1"), 4, "seed", "duplicate key"),
     ("bad evaluation id", ("- id: loss", "- id: 'my loss!'"), 9, "evaluations[0].id", "letters, digits"),
     ("baseline without tolerance", ("{metric: loss_mean, max: 10}", "{metric: loss_mean, baseline: runs/x}"), 15,
@@ -127,6 +137,20 @@ def test_unreadable_data_is_a_usage_error(tmp_path, run_cli):
     code, _, err = run_cli("run", path, "--out", tmp_path / "out")
     assert code == 4
     assert f"{path}:5: datasets.train: cannot read json data" in err
+
+
+def test_merge_keys_and_anchors_work(tmp_path, run_cli):
+    path = write_case(tmp_path, ("datasets:\n  train: {loader: jsonl, path: data/train.jsonl, id_field: id}",
+                                 "common: &data {loader: jsonl, id_field: id}\ndatasets:\n"
+                                 "  train:\n    <<: *data\n    path: data/train.jsonl"))
+    code, out, err = run_cli("validate", path)
+    assert code == 4 and "unknown key 'common'" in err  # the anchor's holder is still a key
+    path.write_text(path.read_text().replace("common: &data", "datasets_common_unused: &data", 1))
+    text = path.read_text().replace("datasets_common_unused: &data {loader: jsonl, id_field: id}\n", "")
+    text = text.replace("  train:\n    <<: *data\n", "  train:\n    <<: &data {loader: jsonl, id_field: id}\n")
+    path.write_text(text)
+    code, out, err = run_cli("validate", path)
+    assert code == 0, err
 
 
 def test_missing_suite_file(tmp_path, run_cli):

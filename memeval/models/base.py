@@ -137,33 +137,47 @@ class CachedCausalLM:
         return getattr(self.model, name)
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[TokenScores]:
-        return self._cached("score", {}, sequences, self.model.score, TokenScores.to_bytes, TokenScores.from_bytes)
+        keys = [output_key(self.model_id, "score", {}, ids) for ids in sequences]
+        return self._cached("score", keys, lambda chosen: self.model.score([sequences[i] for i in chosen]),
+                            TokenScores.to_bytes, TokenScores.from_bytes)
 
-    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, **options: Any) -> list[list[int]]:
+    def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                 sample_indices: Sequence[int] | None = None, **options: Any) -> list[list[int]]:
+        """Cached generation. A sampled output is keyed by its prompt and its sample index (the
+        n-th sample of the same prompt), so repeated prompts give distinct, replayable samples."""
+        indices = list(sample_indices) if sample_indices is not None else [0] * len(prompts)
         params = {"max_new_tokens": max_new_tokens, **options}
-        return self._cached("generate", params, prompts,
-                            lambda batch: self.model.generate(batch, max_new_tokens, **options),
-                            lambda ids: np.asarray(ids, dtype=np.int32).tobytes(),
+        sampled = bool(options.get("do_sample"))
+        keys = [output_key(self.model_id, "generate", {**params, "sample": index if sampled else 0}, ids)
+                for ids, index in zip(prompts, indices, strict=True)]
+
+        def compute(chosen: list[int]) -> list[list[int]]:
+            return self.model.generate([prompts[i] for i in chosen], max_new_tokens,
+                                       sample_indices=[indices[i] for i in chosen], **options)
+
+        return self._cached("generate", keys, compute, lambda ids: np.asarray(ids, dtype=np.int32).tobytes(),
                             lambda blob: np.frombuffer(blob, dtype=np.int32).tolist())
 
-    def _cached(self, op: str, params: dict[str, Any], inputs: Sequence[Sequence[int]],
-                compute: Callable[[list[Sequence[int]]], list[Any]],
+    def _cached(self, op: str, keys: list[str], compute: Callable[[list[int]], list[Any]],
                 dump: Callable[[Any], bytes], load: Callable[[bytes], Any]) -> list[Any]:
-        keys = [output_key(self.model_id, op, params, ids) for ids in inputs]
         found = self.cache.get_many(keys)
-        missing = [i for i, key in enumerate(keys) if key not in found]
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        missing = [i for key, i in first.items() if key not in found]  # a repeated key is computed once
         self.cache.require(len(missing), f"{op} outputs of model {self.model_id}")
-        results: list[Any] = [None] * len(inputs)
+        results: list[Any] = [None] * len(keys)
         for i, key in enumerate(keys):
             if key in found:
                 results[i] = load(found[key])
-        self.counter.cache_hits += len(inputs) - len(missing)
+        self.counter.cache_hits += sum(key in found for key in keys)
         if missing:
             # Round-trip fresh outputs through the stored form, so a replay gives identical values.
-            blobs = [dump(out) for out in compute([inputs[i] for i in missing])]
-            self.cache.put_many(self.model_id, op, [(keys[i], blob) for i, blob in zip(missing, blobs, strict=True)])
-            for i, blob in zip(missing, blobs, strict=True):
-                results[i] = load(blob)
+            blobs = dict(zip((keys[i] for i in missing), map(dump, compute(missing)), strict=True))
+            self.cache.put_many(self.model_id, op, list(blobs.items()))
+            for i, key in enumerate(keys):
+                if key in blobs:
+                    results[i] = load(blobs[key])
             self.counter.computed += len(missing)
             self.counter.batches += 1
         return results

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from functools import cached_property
@@ -16,7 +17,7 @@ from memeval.models.base import AdapterContext, CausalLM, TokenScores
 
 WEIGHT_AND_CONFIG_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.json", "*.model",
                            "*.txt", "*.tiktoken")
-DTYPES = ("float32", "bfloat16", "float16", "auto")
+NOT_MODEL_FILES = {"recipe.json"}  # memeval's training log: it changes between identical retrainings
 
 
 class HFCausalParams(BaseModel):
@@ -67,7 +68,7 @@ class HFCausal(CausalLM):
         if self._identity is None:
             p = self.params
             ident: dict[str, Any] = {"adapter": self.name, "path": self.location, "dtype": p.dtype,
-                                     "add_special_tokens": p.add_special_tokens}
+                                     "device": self.device, "add_special_tokens": p.add_special_tokens}
             if self.local:
                 ident["files_sha256"] = self._files_digest()
             else:
@@ -84,7 +85,8 @@ class HFCausal(CausalLM):
         elif root.is_file():
             files = [root]
         else:
-            files = sorted({f for pattern in WEIGHT_AND_CONFIG_FILES for f in root.glob(pattern) if f.is_file()})
+            files = sorted({f for pattern in WEIGHT_AND_CONFIG_FILES for f in root.glob(pattern)
+                            if f.is_file() and f.name not in NOT_MODEL_FILES})
         if not files:
             raise UsageError(f"model directory {self.location!r} holds no weights or config files")
         return {str(f.relative_to(root) if f != root else f.name): self.context.cache.file_digest(f) for f in files}
@@ -109,6 +111,8 @@ class HFCausal(CausalLM):
                 tok = AutoTokenizer.from_pretrained(self.location, **self._load_kwargs())
             except OSError as exc:
                 raise UsageError(self._load_error("tokenizer", exc)) from None
+            if len(tok) == 0 or not tok("a", add_special_tokens=False)["input_ids"]:
+                raise UsageError(f"the tokenizer of {self.location!r} is empty (no tokenizer files?)")
             if tok.pad_token_id is None:
                 tok.pad_token = tok.eos_token
             self._tokenizer = tok
@@ -125,6 +129,11 @@ class HFCausal(CausalLM):
                 model = AutoModelForCausalLM.from_pretrained(self.location, dtype=dtype, **self._load_kwargs())
             except OSError as exc:
                 raise UsageError(self._load_error("model", exc)) from None
+            # Generation is configured per call: the checkpoint's own defaults (an EOS to stop at,
+            # top_k=50, a repetition penalty...) would silently change what is measured.
+            from transformers import GenerationConfig
+
+            model.generation_config = GenerationConfig()
             self._model = model.to(self.device).eval()
         return self._model
 
@@ -174,6 +183,9 @@ class HFCausal(CausalLM):
 
         model = self.torch_model
         pad = self.tokenizer.pad_token_id
+        if any(len(s) == 0 for s in sequences):
+            raise ValueError("cannot score an empty token sequence")
+        self._check_vocabulary(sequences)
         limit = self.context_length
         too_long = [len(s) for s in sequences if limit and len(s) > limit]
         if too_long:
@@ -197,37 +209,124 @@ class HFCausal(CausalLM):
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 seed: int = 0, stop_at_eos: bool = False) -> list[list[int]]:
-        """Batched, left-padded generation of exactly `max_new_tokens` tokens (unless `stop_at_eos`)."""
+                 seed: int = 0, stop_at_eos: bool = False, sample_indices: Sequence[int] | None = None,
+                 temperature_decay: tuple[float, int] | None = None) -> list[list[int]]:
+        """Batched, left-padded generation of exactly `max_new_tokens` tokens (unless `stop_at_eos`).
+
+        Greedy unless `do_sample`. Sampling draws each row from its own generator, seeded by
+        (seed, prompt, sample index), so a prompt's sample does not depend on what else is in the
+        batch: a resumed run, or a cache replay, gives the same tokens. `temperature_decay`
+        (start, steps) lowers the temperature linearly from `start` to `temperature` over the first
+        `steps` tokens (Carlini et al. 2021).
+        """
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         model, tok = self.torch_model, self.tokenizer
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id if stop_at_eos else None,
-            temperature=temperature if do_sample else None, top_k=top_k if do_sample else None,
-            top_p=top_p if do_sample else None)
+        self._check_room(prompts, max_new_tokens)
+        indices = list(sample_indices) if sample_indices is not None else [0] * len(prompts)
+        # Every field is explicit: transformers fills None fields from the checkpoint's own
+        # generation_config.json (its EOS, top_k=50, ...), which would change what is measured.
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id if stop_at_eos else None,
+                                  top_k=0, top_p=1.0, temperature=1.0, repetition_penalty=1.0,
+                                  bos_token_id=tok.bos_token_id)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         out: list[list[int]] = [[] for _ in prompts]
         with self._threads(), torch.inference_mode():
-            for number, batch in enumerate(chunks(order, self.params.batch_size)):
-                if do_sample:
-                    torch.manual_seed(seed + number)
+            for batch in chunks(order, self.params.batch_size):
                 width = max(len(prompts[i]) for i in batch)
                 ids = torch.full((len(batch), width), tok.pad_token_id, dtype=torch.long)
                 mask = torch.zeros((len(batch), width), dtype=torch.long)
                 for row, i in enumerate(batch):
                     ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
                     mask[row, width - len(prompts[i]):] = 1
+                processors = LogitsProcessorList()
+                if do_sample:
+                    seeds = [row_seed(seed, prompts[i], indices[i]) for i in batch]
+                    processors.append(SeededSampler(seeds, temperature, top_k, top_p, temperature_decay, width))
                 generated = model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                           generation_config=config)
+                                           generation_config=config, logits_processor=processors)
                 for row, i in enumerate(batch):
                     new = generated[row, width:].tolist()
                     if stop_at_eos and tok.eos_token_id in new:
                         new = new[:new.index(tok.eos_token_id) + 1]
                     out[i] = new
         return out
+
+    def _check_vocabulary(self, sequences: Sequence[Sequence[int]]) -> None:
+        size = self.torch_model.get_input_embeddings().num_embeddings
+        bad = [t for s in sequences for t in s if not 0 <= t < size]
+        if bad:
+            raise UsageError(f"token id {bad[0]} is outside the model's vocabulary (0..{size - 1})")
+
+    def _check_room(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+        if any(len(p) == 0 for p in prompts):
+            raise ValueError("generate needs a non-empty prompt (at least a BOS token)")
+        limit = self.context_length
+        longest = max((len(p) for p in prompts), default=0)
+        if limit and longest + max_new_tokens > limit:
+            raise ValueError(f"a prompt of {longest} tokens plus {max_new_tokens} new tokens exceeds the model's "
+                             f"context of {limit}")
+
+
+def row_seed(seed: int, prompt: Sequence[int], index: int) -> int:
+    digest = hashlib.sha256(np.asarray([seed, index, *prompt], dtype=np.int64).tobytes()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+class SeededSampler:
+    """A logits processor that samples each row with its own torch.Generator and returns a one-hot
+    mask, so that greedy decoding then emits exactly the sampled token.
+
+    Applies, in order: temperature (optionally decaying over the first steps), top-k (0 or None:
+    off), top-p (None or 1: off), as transformers' own warpers do.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_k: int | None, top_p: float | None,
+                 decay: tuple[float, int] | None, prompt_width: int):
+        import torch
+
+        self.generators = [torch.Generator().manual_seed(s) for s in seeds]
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.decay, self.prompt_width = decay, prompt_width
+
+    def temperature_at(self, step: int) -> float:
+        if not self.decay:
+            return self.temperature
+        start, steps = self.decay
+        if step >= steps:
+            return self.temperature
+        return start + (self.temperature - start) * step / steps
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        logits = scores.float() / self.temperature_at(input_ids.shape[1] - self.prompt_width)
+        logits = filter_logits(logits, self.top_k, self.top_p)
+        probs = torch.softmax(logits, dim=-1).cpu()
+        chosen = [int(torch.multinomial(probs[row], 1, generator=g)) for row, g in enumerate(self.generators)]
+        mask = torch.full_like(scores, float("-inf"))
+        mask[torch.arange(len(chosen)), torch.tensor(chosen, device=scores.device)] = 0.0
+        return mask
+
+
+def filter_logits(logits: Any, top_k: int | None, top_p: float | None) -> Any:
+    """Top-k then top-p (nucleus) filtering, as transformers' TopK/TopP warpers: removed tokens get
+    -inf; the most likely token is always kept."""
+    import torch
+
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=False, dim=-1)
+        cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cumulative <= (1 - top_p)
+        remove_sorted[..., -1:] = False
+        remove = remove_sorted.scatter(-1, order, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
 
 
 def _token_scores(logits: Any, targets: Any) -> TokenScores:

@@ -55,7 +55,8 @@ class TrainingRecipe(Strict):
     learning_rate: float = Field(3e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
-    threads: int = Field(1, ge=1, description="torch threads while training (1 is fastest for tiny models)")
+    threads: int = Field(1, ge=1, description="torch threads while training (1 is fastest for tiny models; "
+                                             "part of the recipe hash: another count gives other weights)")
 
 
 class RecipeParams(Strict):
@@ -93,7 +94,6 @@ class Recipe(HFCausal):
 
 def recipe_hash(params: RecipeParams, data_fingerprint: str, seed: int) -> str:
     trained_on = params.model_dump(include={"tokenizer", "architecture", "training"})
-    trained_on["training"].pop("threads", None)
     blob = json.dumps([RECIPE_FORMAT, trained_on, data_fingerprint, seed], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 

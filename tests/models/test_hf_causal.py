@@ -93,3 +93,61 @@ def test_hub_id_offline_fails_fast_with_a_clear_error(tmp_path, hf_model):
         adapter.tokenize(["x"])
 
 
+
+
+def test_generation_ignores_the_checkpoints_own_generation_defaults(tiny_model_dir, tmp_path, hf_model):
+    """A checkpoint's generation_config.json (an EOS, top_k=50, ...) must not change what is measured."""
+    import json
+
+    copy = tmp_path / "eos"
+    shutil.copytree(tiny_model_dir, copy)
+    prompts = hf_model.tokenize(["red fox", "the dog"])
+    greedy = hf_model.generate(prompts, max_new_tokens=10)
+    config = json.loads((copy / "generation_config.json").read_text())
+    config.update({"eos_token_id": greedy[0][0], "top_k": 5, "do_sample": True, "repetition_penalty": 2.0})
+    (copy / "generation_config.json").write_text(json.dumps(config))
+    other = HFCausal(HFCausal.Params(path=str(copy), batch_size=4), hf_model.context)
+    assert other.generate(prompts, max_new_tokens=10) == greedy
+    assert all(len(g) == 10 for g in greedy)
+
+
+def test_samples_do_not_depend_on_batch_composition(hf_model):
+    prompts = hf_model.tokenize(TEXTS[:3])
+    options = {"do_sample": True, "temperature": 1.5, "seed": 4}
+    together = hf_model.generate(prompts, max_new_tokens=8, **options)
+    alone = hf_model.generate(prompts[2:], max_new_tokens=8, **options)
+    assert alone[0] == together[2]
+    same_prompt = hf_model.generate([prompts[0]] * 4, max_new_tokens=8, sample_indices=[0, 1, 2, 3], **options)
+    assert same_prompt[0] == together[0] and len({tuple(s) for s in same_prompt}) == 4
+
+
+def test_cached_sampling_replays_each_sample(hf_model, tmp_path):
+    from memeval.cache import OutputCache
+    from memeval.models import CachedCausalLM
+
+    prompt = hf_model.tokenize(["the lazy"])[0]
+    options = {"do_sample": True, "temperature": 2.0, "top_k": 0, "seed": 1}
+    first = CachedCausalLM(hf_model, OutputCache(tmp_path / "c")).generate([prompt] * 4, 6,
+                                                                           sample_indices=range(4), **options)
+    replay = CachedCausalLM(hf_model, OutputCache(tmp_path / "c", "only")).generate([prompt] * 4, 6,
+                                                                                   sample_indices=range(4), **options)
+    assert replay == first and len({tuple(s) for s in first}) == 4
+
+
+def test_top_k_one_is_greedy_and_decay_starts_hot(hf_model):
+    prompts = hf_model.tokenize(TEXTS[:4])
+    greedy = hf_model.generate(prompts, max_new_tokens=6)
+    assert hf_model.generate(prompts, max_new_tokens=6, do_sample=True, top_k=1, seed=9) == greedy
+    decayed = hf_model.generate(prompts, max_new_tokens=6, do_sample=True, temperature=1.0,
+                                temperature_decay=(10.0, 5), seed=9)
+    assert all(len(d) == 6 for d in decayed)
+
+
+def test_generation_and_scoring_refuse_what_the_model_cannot_take(hf_model):
+    limit = hf_model.context_length
+    with pytest.raises(ValueError, match="exceeds the model's context"):
+        hf_model.generate([[1] * (limit - 2)], max_new_tokens=5)
+    with pytest.raises(ValueError, match="empty"):
+        hf_model.score([[]])
+    with pytest.raises(UsageError, match="outside the model's vocabulary"):
+        hf_model.score([[1, 99999]])
