@@ -160,6 +160,8 @@ def _check_evaluation(c: Collector, spec: EvaluationSpec, loc: tuple[Any, ...],
     params = c.validate_params(method.Params, spec.params, (*loc, "params"))
     if params is not None:
         _check_param_refs(c, method, params, loc, adapters)
+        for where, message in method.check_references(params, c.suite, loc[1]):
+            c.fail((*loc, *where), message)
     produced = method.produced_metrics(params) if params is not None else method.metric_names()
     for g, gate in enumerate(spec.gates):
         if gate.metric not in method.metric_names():

@@ -137,11 +137,27 @@ def _is_plain(value: Any) -> bool:
     return isinstance(value, str | int | float | bool) or value is None
 
 
+def stream_texts(rows: Any, spec: DatasetSpec) -> Iterator[str]:
+    """The text of each row, one at a time (rows stay in the memory-mapped Arrow table)."""
+    count = len(rows) if spec.limit is None else min(spec.limit, len(rows))
+    for index in range(count):
+        row = rows[index]
+        if spec.text_field is not None:
+            text = row[spec.text_field]
+        elif spec.prefix_field is not None:
+            text = f"{row[spec.prefix_field] or ''}{row[spec.suffix_field] or ''}"
+        else:
+            continue  # token-id rows have no text to index
+        if isinstance(text, str):
+            yield text
+
+
 def fingerprint(samples: list[Sample]) -> str:
-    """Content hash of samples (what a recipe model is trained on)."""
+    """Content hash of what a recipe model is trained on: the texts (or token ids) in order; ids and
+    other columns do not change the model."""
     digest = hashlib.sha256()
     for sample in samples:
-        digest.update(json.dumps([sample.id, sample.text, sample.prefix, sample.suffix, sample.tokens]).encode())
+        digest.update(json.dumps([sample.full_text, sample.tokens]).encode())
     return digest.hexdigest()
 
 

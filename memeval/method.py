@@ -63,6 +63,12 @@ class Method:
         return next(m for m in cls.metrics if m.name == name)
 
     @classmethod
+    def check_references(cls, params: BaseModel, suite: Any, index: int) -> list[tuple[tuple[Any, ...], str]]:
+        """Problems with what the params point at (other evaluations, runs), as (field path under
+        the evaluation, message) pairs; checked before anything runs."""
+        return []
+
+    @classmethod
     def produced_metrics(cls, params: BaseModel) -> list[str]:
         """The metrics a run with these params produces (a subset of `metrics`)."""
         return cls.metric_names()

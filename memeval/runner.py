@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -25,11 +25,11 @@ from memeval import __version__, hookimpl
 from memeval.cache import OutputCache
 from memeval.collect import Item, apply_model_overrides, collect
 from memeval.config import Config
-from memeval.data import Sample, rows_to_samples
+from memeval.data import Sample, rows_to_samples, stream_texts
 from memeval.errors import ExitCode, UsageError
 from memeval.gates import judge
 from memeval.models.base import AdapterContext, CachedCausalLM, CausalLM, ModelAdapter
-from memeval.results import EvaluationResult, Metric, RunResult
+from memeval.results import EvaluationResult, Metric, RunResult, load_run
 from memeval.selection import compile_expression
 from memeval.suite import SuiteErrors, SuiteFile
 
@@ -74,6 +74,33 @@ class Context:
     def dataset_named(self, name: str) -> list[Sample]:
         """Another dataset of the suite, named by a param listed in the method's `dataset_params`."""
         return self.session.dataset(name)
+
+    def stream_texts(self, name: str) -> Iterator[str]:
+        """Another dataset's texts one at a time, never all in memory (a training corpus)."""
+        return self.session.stream_texts(name)
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.session.config.cache_dir
+
+    def records_of(self, evaluation_id: str, run: str | None = None) -> list[dict[str, Any]]:
+        """The records of another evaluation: one that already ran in this session, or one in a
+        saved run directory (relative to the suite)."""
+        if run is None:
+            done = {r.id: r for r in self.session.result.evaluations}
+            if evaluation_id not in done or done[evaluation_id].status == "error":
+                raise UsageError(f"evaluation {evaluation_id!r} has not run successfully in this session "
+                                 f"(deselected with -k, or it failed)")
+            path = self.session.out_dir / done[evaluation_id].records_path
+        else:
+            saved = load_run(self.session.suite.resolve_path(run))
+            match = [e for e in saved["evaluations"] if e["id"] == evaluation_id]
+            if not match or not match[0].get("records_path"):
+                raise UsageError(f"run {run!r} has no records of evaluation {evaluation_id!r}")
+            base = self.session.suite.resolve_path(run)
+            path = (base if base.is_dir() else base.parent) / match[0]["records_path"]
+        with open(path, encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle if line.strip()]
 
     def artifact(self, name: str, value: Any) -> None:
         """Keep a JSON-serialisable result that is not a metric (curves, tables) for reporters."""
@@ -134,6 +161,15 @@ class Session:
             limit = getattr(self.config.options, "limit", None)
             self._datasets[name] = samples[:limit] if limit else samples
         return self._datasets[name]
+
+    def stream_texts(self, name: str) -> Iterator[str]:
+        """The texts of a dataset, streamed (for corpora too big to hold as samples)."""
+        spec = self.suite.spec.datasets[name]
+        try:
+            rows = self.config.registry.get("loader", spec.loader)(spec, self.suite)
+        except UsageError as exc:
+            raise exc if exc.file else self.suite.error(("datasets", name), exc.message) from None
+        return stream_texts(rows, spec)
 
     def _load_samples(self, name: str) -> list[Sample]:
         spec = self.suite.spec.datasets[name]

@@ -103,9 +103,17 @@ class CausalLM(ModelAdapter):
     def score(self, sequences: Sequence[Sequence[int]]) -> list[TokenScores]:
         raise NotImplementedError
 
+    def sequence_logprob(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        return [float(np.sum(s.logprob, dtype=np.float64)) for s in self.score(sequences)]
+
+    def sampler_logprobs(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0,
+                         top_k: int | None = None, top_p: float | None = None) -> list[np.ndarray]:
+        raise NotImplementedError
+
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
-                 seed: int = 0, stop_at_eos: bool = False) -> list[list[int]]:
+                 seed: int = 0, stop_at_eos: bool = False, sample_indices: Sequence[int] | None = None,
+                 temperature_decay: tuple[float, int] | None = None) -> list[list[int]]:
         raise NotImplementedError
 
 
@@ -140,6 +148,21 @@ class CachedCausalLM:
         keys = [output_key(self.model_id, "score", {}, ids) for ids in sequences]
         return self._cached("score", keys, lambda chosen: self.model.score([sequences[i] for i in chosen]),
                             TokenScores.to_bytes, TokenScores.from_bytes)
+
+    def sequence_logprob(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """Total log-probability per sequence, cached as one number (for scoring many candidates)."""
+        keys = [output_key(self.model_id, "sequence_logprob", {}, ids) for ids in sequences]
+        return self._cached("sequence_logprob", keys,
+                            lambda chosen: self.model.sequence_logprob([sequences[i] for i in chosen]),
+                            lambda value: np.float64(value).tobytes(),
+                            lambda blob: float(np.frombuffer(blob, dtype=np.float64)[0]))
+
+    def sampler_logprobs(self, sequences: Sequence[Sequence[int]], **sampler: Any) -> list[np.ndarray]:
+        keys = [output_key(self.model_id, "sampler_logprobs", sampler, ids) for ids in sequences]
+        return self._cached("sampler_logprobs", keys,
+                            lambda chosen: self.model.sampler_logprobs([sequences[i] for i in chosen], **sampler),
+                            lambda values: np.asarray(values, dtype=np.float64).tobytes(),
+                            lambda blob: np.frombuffer(blob, dtype=np.float64))
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int,
                  sample_indices: Sequence[int] | None = None, **options: Any) -> list[list[int]]:

@@ -179,6 +179,34 @@ class HFCausal(CausalLM):
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[TokenScores]:
         """Teacher-forced statistics of every sequence; one forward pass per batch of similar length."""
+        return self._forward(sequences, _token_scores)
+
+    def sequence_logprob(self, sequences: Sequence[Sequence[int]]) -> list[float]:
+        """Total log-probability of each sequence (every token after the first)."""
+        import torch
+
+        def total(logits: Any, targets: Any) -> float:
+            logprobs = torch.log_softmax(logits, dim=-1)
+            return float(logprobs.gather(-1, targets[:, None]).double().sum())
+
+        return self._forward(sequences, total)
+
+    def sampler_logprobs(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0,
+                         top_k: int | None = None, top_p: float | None = None) -> list[np.ndarray]:
+        """Per-position log-probability that the sampler (temperature, then top-k, then top-p, as
+        `generate`) emits the true next token; -inf where the token is filtered out."""
+        import torch
+
+        def under_sampler(logits: Any, targets: Any) -> np.ndarray:
+            filtered = filter_logits(logits / temperature, top_k, top_p)
+            logprobs = torch.log_softmax(filtered, dim=-1)
+            return logprobs.gather(-1, targets[:, None])[:, 0].double().cpu().numpy()
+
+        return self._forward(sequences, under_sampler)
+
+    def _forward(self, sequences: Sequence[Sequence[int]], per_sequence: Any) -> list[Any]:
+        """Right-padded batches of similar length through the model; `per_sequence(logits, targets)`
+        reduces each sequence's float32 logits (positions 0..n-2) and next tokens (1..n-1)."""
         import torch
 
         model = self.torch_model
@@ -192,7 +220,7 @@ class HFCausal(CausalLM):
             raise ValueError(f"{len(too_long)} sequence(s) of up to {max(too_long)} tokens exceed the model's context "
                              f"of {limit}: truncate them (e.g. the method's max_tokens)")
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
-        out: list[TokenScores | None] = [None] * len(sequences)
+        out: list[Any] = [None] * len(sequences)
         with self._threads(), torch.inference_mode():
             for batch in chunks(order, self.params.batch_size):
                 width = max(len(sequences[i]) for i in batch)
@@ -204,8 +232,8 @@ class HFCausal(CausalLM):
                 logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
                 for row, i in enumerate(batch):
                     n = len(sequences[i])
-                    out[i] = _token_scores(logits[row, :n - 1].float(), ids[row, 1:n].to(logits.device))
-        return out  # type: ignore[return-value]
+                    out[i] = per_sequence(logits[row, :n - 1].float(), ids[row, 1:n].to(logits.device))
+        return out
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,

@@ -39,6 +39,13 @@ def sentence(rng: random.Random) -> str:
             f"{rng.choice(PLACES)} {rng.choice(TIMES)}.")
 
 
+def planted(sample_id: str, name: str, code: str, repeats: int) -> dict:
+    """A canary (or control) row: the text, and its split into prefix and secret for extraction."""
+    text = TEMPLATE.format(name=name, code=code)
+    return {"id": sample_id, "text": text, "prefix": text[: -len(code)], "name": name, "secret": code,
+            "repeats": repeats}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
@@ -53,12 +60,10 @@ def main(out: Path) -> None:
         for j in range(CANARIES_PER_LEVEL):
             name = names[level * CANARIES_PER_LEVEL + j]
             code = f"{rng.randrange(10**6):06d}"
-            canaries.append({"id": f"canary-{name}", "text": TEMPLATE.format(name=name, code=code),
-                             "name": name, "secret": code, "repeats": repeats})
+            canaries.append(planted(f"canary-{name}", name, code, repeats))
     for name in names[len(REPEATS) * CANARIES_PER_LEVEL:]:
         code = f"{rng.randrange(10**6):06d}"
-        controls.append({"id": f"control-{name}", "text": TEMPLATE.format(name=name, code=code),
-                         "name": name, "secret": code, "repeats": 0})
+        controls.append(planted(f"control-{name}", name, code, 0))
     background = [{"id": f"doc-{i}", "text": sentence(rng)} for i in range(BACKGROUND_DOCS)]
     train = list(background)
     for canary in canaries:
