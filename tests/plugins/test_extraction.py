@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, read_run, write_jsonl
-from memeval_plugins.extraction import distinct, extraction_odds
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memeval.corpus import CorpusIndex, corpus_fingerprint
+from memeval_plugins.extraction import distinct, extraction_odds
 
 WORDS = ["red", "fox", "jumps", "over", "the", "lazy", "dog", "and", "cat", "runs"]
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import read_run, write_jsonl
-from memeval_plugins.membership import attack_score, lowest_k_mean, standardized_logprob
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memeval.models.base import TokenScores
+from memeval_plugins.membership import attack_score, lowest_k_mean, standardized_logprob
 
 WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper", "kelp", "lumen", "mossy", "nectar", "onyx", "prism", "quartz", "raven", "sable", "thorn", "umber", "vapor", "willow", "xenon", "yarrow", "zephyr"]
 RECIPE = {"adapter": "recipe", "dataset": "members", "tokenizer": {"kind": "bytes"},
