@@ -231,27 +231,23 @@ def greedy_decision(unit: dict[str, Any], score: Any, prefix_len: int) -> dict[s
 def continue_after_divergence(batch: list[dict[str, Any]], decisions: list[dict[str, Any]], prefix_len: int,
                               model: Any) -> list[list[int]]:
     """The full greedy continuation of every unit: the true suffix up to the first divergence, the
-    argmax there, then greedy generation for the positions left (grouped by how many are left)."""
-    out: list[list[int] | None] = [None] * len(batch)
-    todo: dict[int, list[int]] = {}
+    argmax there, then greedy generation for the positions left. One generate call serves the whole
+    batch (left-padded prompts of different lengths, as many new tokens as the longest need); each
+    row keeps the tokens it needs: greedy decoding's first r tokens do not depend on how many follow.
+    """
+    out: list[list[int]] = []
+    todo: list[tuple[int, list[int], int]] = []
     for i, (unit, decision) in enumerate(zip(batch, decisions, strict=True)):
         d, m = decision["first_divergence"], len(unit["suffix"])
-        if d == m:
-            out[i] = list(unit["suffix"])
-        elif d == m - 1:
-            out[i] = unit["suffix"][:d] + [decision["predicted_ids"][d]]
-        else:
-            todo.setdefault(m - d - 1, []).append(i)
-    for remaining, members in todo.items():
-        prompts = []
-        for i in members:
-            d = decisions[i]["first_divergence"]
-            prompts.append(sequence(batch[i], prefix_len)[:prompt_length(batch[i], prefix_len) + d]
-                           + [decisions[i]["predicted_ids"][d]])
-        for i, rest in zip(members, model.generate(prompts, remaining), strict=True):
-            d = decisions[i]["first_divergence"]
-            out[i] = batch[i]["suffix"][:d] + [decisions[i]["predicted_ids"][d]] + list(rest)
-    return out  # type: ignore[return-value]
+        out.append(list(unit["suffix"]) if d == m else unit["suffix"][:d] + [decision["predicted_ids"][d]])
+        if m - d - 1 > 0:
+            prompt = sequence(unit, prefix_len)[:prompt_length(unit, prefix_len) + d] + [decision["predicted_ids"][d]]
+            todo.append((i, prompt, m - d - 1))
+    if todo:
+        longest = max(remaining for _, _, remaining in todo)
+        for (i, _, remaining), rest in zip(todo, model.generate([p for _, p, _ in todo], longest), strict=True):
+            out[i] += list(rest[:remaining])
+    return out
 
 
 # -- extraction.probabilistic ----------------------------------------------------------------------
@@ -328,13 +324,17 @@ class Probabilistic(Method):
 
 
 def extraction_odds(log_p: float, n: int, target: float) -> dict[str, Any]:
-    """1 - (1 - p)^n and the queries needed to reach `target`, computed in log space."""
-    if not math.isfinite(log_p):
+    """1 - (1 - p_z)^n and the queries needed to reach `target`, in log space so that neither a
+    p_z that underflows (long suffixes) nor one that rounds to 1 breaks them."""
+    if log_p == -math.inf:
         return {"probability_within_n": 0.0, "queries_needed": None}
-    log1m = math.log1p(-math.exp(log_p)) if log_p < 0 else -math.inf  # log(1 - p_z)
-    within = -math.expm1(n * log1m) if math.isfinite(log1m) else 1.0
-    needed = 1 if not math.isfinite(log1m) else max(1, math.ceil(math.log1p(-target) / log1m))
-    return {"probability_within_n": within, "queries_needed": needed}
+    p = math.exp(log_p)
+    if p >= 1.0:
+        return {"probability_within_n": 1.0, "queries_needed": 1}
+    log1m = math.log1p(-p) if p > 1e-300 else -p  # log(1 - p_z); ~ -p_z when p_z is tiny
+    within = -math.expm1(n * log1m)
+    needed = math.ceil(math.log1p(-target) / log1m) if log1m < 0 else None
+    return {"probability_within_n": within, "queries_needed": max(1, needed) if needed is not None else None}
 
 
 # -- extraction.exposure ---------------------------------------------------------------------------
@@ -504,7 +504,11 @@ class Forecast(Method):
         return [{"id": i, "source": source[i], "target": target[i]} for i in shared]
 
     def _memorized(self, records: list[dict[str, Any]]) -> dict[str, bool]:
-        if self.params.memorized_if == "exact":
+        key = "exact" if self.params.memorized_if == "exact" else "memorization_score"
+        if any(key not in r for r in records):
+            raise ValueError(f"the referenced evaluation's records have no {key!r} (an extraction.discoverable "
+                             f"run with memorization_score: false has no scores)")
+        if key == "exact":
             return {r["id"]: bool(r["exact"]) for r in records}
         return {r["id"]: r["memorization_score"] >= self.params.score_threshold for r in records}
 

@@ -138,6 +138,9 @@ def test_extraction_odds_closed_form():
     assert extraction_odds(-math.inf, 5, 0.5)["probability_within_n"] == 0.0
     tiny = extraction_odds(-60.0, 10, 0.5)  # p_z ~ 1e-26: no underflow to 0 for 1-(1-p)^n
     assert tiny["probability_within_n"] == pytest.approx(10 * math.exp(-60.0), rel=1e-6)
+    vanishing = extraction_odds(-800.0, 10, 0.5)  # p_z underflows to 0.0 in floating point
+    assert vanishing["probability_within_n"] == 0.0 and vanishing["queries_needed"] is None
+    assert extraction_odds(-1e-17, 3, 0.5) == {"probability_within_n": 1.0, "queries_needed": 1}
 
 
 @pytest.mark.slow
