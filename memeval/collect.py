@@ -117,7 +117,7 @@ def _check_models(c: Collector) -> dict[str, Any]:
         for key, dataset in adapter.dataset_refs(params):
             if dataset not in c.suite.spec.datasets:
                 c.fail((*loc, key), f"unknown dataset {dataset!r}{did_you_mean(dataset, c.suite.spec.datasets)}")
-        path = getattr(params, "path", None)
+        path = getattr(params, "path", None)  # None when a model comes from an installed package
         if isinstance(path, str) and _looks_local(path) and not c.suite.resolve_path(path).exists():
             c.fail((*loc, "path"), f"model path {str(c.suite.resolve_path(path))!r} does not exist")
     return adapters

