@@ -40,7 +40,7 @@ def build_model(args: argparse.Namespace, out: Path) -> list[list[int]]:
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=args.layers, n_embd=args.width, n_head=args.width // 64,
                         n_positions=128, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+                        pad_token_id=tokenizer.pad_token_id, activation_function="gelu_pytorch_tanh")
     model = GPT2LMHeadModel(config)
     rng = np.random.default_rng(0)
     words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "lambda", "zeta"]
