@@ -187,6 +187,9 @@ class MembershipAttack(Method):
                              f"Attack AUCs on this split are not evidence of memorization by themselves; "
                              f"see best_auc_over_blind")
         context.artifact("roc", curves)
+        context.artifact("conventions", {"score": "higher = more likely a member (every attack)",
+                                         "tpr_at_fpr": "largest TPR among ROC points with FPR <= target (non-strict)",
+                                         "ties": "tied scores share a threshold; AUC counts ties one half"})
         return metrics
 
 

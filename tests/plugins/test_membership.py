@@ -71,6 +71,7 @@ def test_trained_model_leaks_membership_and_an_untrained_one_does_not(split, run
     assert trained["blind_auc"]["ci_low"] <= 0.5
     assert any("non-members" in w for w in evaluation["warnings"])  # 60 < 1/0.001
     assert evaluation["artifacts"]["roc"]["loss"]["fpr"][0] == 0.0
+    assert "non-strict" in evaluation["artifacts"]["conventions"]["tpr_at_fpr"]
 
     untrained = {"adapter": "hf-causal", "path": str(slow_untrained)}
     (split / "u.yaml").write_text(suite_text({"target": untrained}, MIA))
