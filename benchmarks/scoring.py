@@ -17,23 +17,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from memeval.cache import OutputCache  # noqa: E402
 from memeval.models import AdapterContext, CachedCausalLM, HFCausal  # noqa: E402
-from memeval.models.recipe import TokenizerRecipe, build_tokenizer  # noqa: E402
+from memeval.models.recipe import ArchitectureRecipe, save_untrained  # noqa: E402
 
 
 def make_model(out: Path) -> None:
-    tokenizer = build_tokenizer(TokenizerRecipe(kind="bytes"), [])
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=4, n_embd=256, n_head=4, n_positions=512,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
-    GPT2LMHeadModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_untrained(out, ArchitectureRecipe(n_layer=4, n_embd=256, n_head=4, n_positions=512))
 
 
 def arrival_order_scores(adapter: HFCausal, sequences: list[list[int]], batch_size: int) -> list:

@@ -20,19 +20,10 @@ N_SAMPLES = 1200
 @pytest.fixture(scope="module")
 def slow_model_dir(tmp_path_factory):
     """An untrained but wide GPT-2 (random weights, fixed seed): slow enough to kill mid-run."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from memeval.models.recipe import TokenizerRecipe, build_tokenizer
+    from memeval.models.recipe import ArchitectureRecipe, save_untrained
 
     out = tmp_path_factory.mktemp("slow-model")
-    tokenizer = build_tokenizer(TokenizerRecipe(kind="bytes"), [])
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=4, n_embd=256, n_head=4, n_positions=128,
-                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
-    GPT2LMHeadModel(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_untrained(out, ArchitectureRecipe(n_layer=4, n_embd=256, n_head=4, n_positions=128))
     return out
 
 

@@ -161,17 +161,13 @@ def build_tokenizer(recipe: TokenizerRecipe, texts: list[str]) -> Any:
 def train(params: RecipeParams, texts: list[str], seed: int, out: Path) -> list[dict[str, float]]:
     """Train the model and save it (and its tokenizer) to `out`. Returns the per-epoch log."""
     import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel
 
     arch, opts = params.architecture, params.training
     tokenizer = build_tokenizer(params.tokenizer, texts)
     sequences = [ids[:arch.n_positions - 1] + [tokenizer.eos_token_id]
                  for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=arch.n_layer, n_embd=arch.n_embd, n_head=arch.n_head,
-                        n_positions=arch.n_positions, bos_token_id=tokenizer.bos_token_id,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                        activation_function="gelu_pytorch_tanh")  # GPT-2's GELU, fused: same values, faster
+    config = gpt2_config(arch, tokenizer)
     log: list[dict[str, float]] = []
     with _Threads(opts.threads):
         torch.manual_seed(seed)
@@ -200,6 +196,28 @@ def train(params: RecipeParams, texts: list[str], seed: int, out: Path) -> list[
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return log
+
+
+def gpt2_config(arch: ArchitectureRecipe, tokenizer: Any) -> Any:
+    from transformers import GPT2Config
+
+    return GPT2Config(vocab_size=len(tokenizer), n_layer=arch.n_layer, n_embd=arch.n_embd, n_head=arch.n_head,
+                      n_positions=arch.n_positions, bos_token_id=tokenizer.bos_token_id,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                      resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                      activation_function="gelu_pytorch_tanh")  # GPT-2's GELU, fused: same values, faster
+
+
+def save_untrained(out: Path, architecture: ArchitectureRecipe, seed: int = 0) -> None:
+    """A randomly initialised model of a recipe's shape with the byte tokenizer: the "same model,
+    never trained" control, and a model for speed measurements (speed does not depend on weights)."""
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    tokenizer = build_tokenizer(TokenizerRecipe(kind="bytes"), [])
+    torch.manual_seed(seed)
+    GPT2LMHeadModel(gpt2_config(architecture, tokenizer)).save_pretrained(out)
+    tokenizer.save_pretrained(out)
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:

@@ -84,17 +84,10 @@ def test_trained_model_leaks_membership_and_an_untrained_one_does_not(split, run
 @pytest.fixture(scope="module")
 def slow_untrained(tmp_path_factory):
     """A randomly initialised model with the recipe's shape and tokenizer."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from memeval.models.recipe import TokenizerRecipe, build_tokenizer
+    from memeval.models.recipe import ArchitectureRecipe, save_untrained
 
     out = tmp_path_factory.mktemp("untrained")
-    tokenizer = build_tokenizer(TokenizerRecipe(kind="bytes"), [])
-    torch.manual_seed(0)
-    arch = RECIPE["architecture"]
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), **arch, bos_token_id=tokenizer.bos_token_id,
-                               eos_token_id=tokenizer.eos_token_id)).save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    save_untrained(out, ArchitectureRecipe(**RECIPE["architecture"]))
     return out
 
 
