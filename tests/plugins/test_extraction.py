@@ -289,8 +289,11 @@ def test_planted_canaries_ground_truth(tmp_path, run_cli, cache_dir):
     exposure = {}
     for r in records(tmp_path / "run", "exposure"):
         exposure.setdefault(r["repeats"], []).append(r["exposure"])
-    means = [np.mean(exposure[n]) for n in (1, 4, 16)]
-    assert means[0] <= means[1] <= means[2] and means[0] < means[2], means
+    means = {n: np.mean(exposure[n]) for n in (1, 4, 16)}
+    # Seen 4 or 16 times per epoch, a code is more exposed than one seen once; both are near the cap
+    # of log2(10^6) = 19.93 bits (rank 1 of a million), where noise in the fit decides their order.
+    assert means[1] < means[4] and means[1] < means[16], means
+    assert means[16] > math.log2(10**6) - 1.0, means
     planted = {json.loads(line)["text"] for line in (QUICKSTART_DATA / "canaries.jsonl").open()}
     top = read_run(tmp_path / "run")["evaluations"][3]["artifacts"]["top_candidates"]["perplexity"]
     assert any(any(p in c["text"] for p in planted) for c in top), [c["text"] for c in top]
