@@ -120,7 +120,7 @@ def fast_path(model_dir: str, sequences: list[list[int]], prefix: int, threads: 
     """memeval's discoverable extraction: one teacher-forced pass, generation only after divergence."""
     from memeval.cache import OutputCache
     from memeval.models import AdapterContext, HFCausal
-    from memeval_plugins.extraction import continue_after_divergence, greedy_decision
+    from memeval_plugins.extraction import greedy_decision
 
     with tempfile.TemporaryDirectory() as tmp:
         context = AdapterContext(base_dir=Path(tmp), seed=0, cache=OutputCache(Path(tmp), "off"),
@@ -129,10 +129,13 @@ def fast_path(model_dir: str, sequences: list[list[int]], prefix: int, threads: 
         model.torch_model  # noqa: B018 - load the weights before timing, as the baseline does
         units = [{"lead": s[:1], "context": s[1:prefix + 1], "suffix": s[prefix + 1:]} for s in sequences]
         started = time.perf_counter()
-        decisions = [greedy_decision(u, sc, prefix)
-                     for u, sc in zip(units, model.score([u["lead"] + u["context"] + u["suffix"] for u in units]),
-                                      strict=True)]
-        generated = continue_after_divergence(units, decisions, prefix, model) if score else None
+        sequences = [u["lead"] + u["context"] + u["suffix"] for u in units]
+        if score:
+            pairs = model.greedy_continuation(sequences, [len(u["lead"]) + prefix for u in units])
+            scores, generated = [s for s, _ in pairs], [g for _, g in pairs]
+        else:
+            scores, generated = model.score(sequences), None
+        decisions = [greedy_decision(u, sc, prefix) for u, sc in zip(units, scores, strict=True)]
         seconds = time.perf_counter() - started
     queue.put({"seconds": seconds, "exact": [d["exact"] for d in decisions], "generated": generated,
                "peak_rss_mb": peak_rss_mb()})

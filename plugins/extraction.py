@@ -121,7 +121,8 @@ class Discoverable(Method):
 
     Fast path: one teacher-forced forward pass over prefix + suffix decides exact match (greedy
     reproduces the suffix iff the argmax at every suffix position is the true token) and finds the
-    first divergence; only the positions after it are generated, and only for the fractional score.
+    first divergence; only the positions after it are generated, and only for the fractional score,
+    reusing that pass's KV cache (`hf-causal`), so no prefix is computed twice.
     The top-1/top-2 log-prob margin at each suffix position is recorded: a margin near 0 is a near
     tie, where batched and incremental arithmetic could pick different tokens.
 
@@ -161,10 +162,13 @@ class Discoverable(Method):
 
     def map(self, batch: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
         p, model = self.params, context.model
-        scores = model.score([sequence(u, p.prefix_tokens) for u in batch])
+        sequences = [sequence(u, p.prefix_tokens) for u in batch]
+        if p.memorization_score:
+            pairs = model.greedy_continuation(sequences, [prompt_length(u, p.prefix_tokens) for u in batch])
+            scores, generated = [s for s, _ in pairs], [g for _, g in pairs]
+        else:
+            scores, generated = model.score(sequences), [None] * len(batch)
         decisions = [greedy_decision(u, score, p.prefix_tokens) for u, score in zip(batch, scores, strict=True)]
-        generated = (continue_after_divergence(batch, decisions, p.prefix_tokens, model)
-                     if p.memorization_score else [None] * len(batch))
         curve = {}
         for length in p.prefix_lengths or []:
             scores = model.score([sequence(u, length) for u in batch])
@@ -226,28 +230,6 @@ def greedy_decision(unit: dict[str, Any], score: Any, prefix_len: int) -> dict[s
             "teacher_forced_accuracy": sum(matches) / len(truth), "predicted_ids": predicted,
             "margins": [round(x, 5) for x in margins.tolist()], "min_margin": round(float(margins.min()), 6),
             "suffix_logprob": float(score.logprob[positions].astype(np.float64).sum())}
-
-
-def continue_after_divergence(batch: list[dict[str, Any]], decisions: list[dict[str, Any]], prefix_len: int,
-                              model: Any) -> list[list[int]]:
-    """The full greedy continuation of every unit: the true suffix up to the first divergence, the
-    argmax there, then greedy generation for the positions left. One generate call serves the whole
-    batch (left-padded prompts of different lengths, as many new tokens as the longest need); each
-    row keeps the tokens it needs: greedy decoding's first r tokens do not depend on how many follow.
-    """
-    out: list[list[int]] = []
-    todo: list[tuple[int, list[int], int]] = []
-    for i, (unit, decision) in enumerate(zip(batch, decisions, strict=True)):
-        d, m = decision["first_divergence"], len(unit["suffix"])
-        out.append(list(unit["suffix"]) if d == m else unit["suffix"][:d] + [decision["predicted_ids"][d]])
-        if m - d - 1 > 0:
-            prompt = sequence(unit, prefix_len)[:prompt_length(unit, prefix_len) + d] + [decision["predicted_ids"][d]]
-            todo.append((i, prompt, m - d - 1))
-    if todo:
-        longest = max(remaining for _, _, remaining in todo)
-        for (i, _, remaining), rest in zip(todo, model.generate([p for _, p, _ in todo], longest), strict=True):
-            out[i] += list(rest[:remaining])
-    return out
 
 
 # -- extraction.probabilistic ----------------------------------------------------------------------

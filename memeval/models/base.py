@@ -106,6 +106,30 @@ class CausalLM(ModelAdapter):
     def sequence_logprob(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         return [float(np.sum(s.logprob, dtype=np.float64)) for s in self.score(sequences)]
 
+    def greedy_continuation(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]
+                            ) -> list[tuple[TokenScores, list[int]]]:
+        """Teacher-forced scores of each sequence, and the greedy continuation of its first
+        `prompt_length` tokens for as many tokens as the sequence has after them.
+
+        Greedy decoding agrees with the true tokens up to the first position whose teacher-forced
+        argmax differs; only the tokens after that are generated. Adapters that can reuse the
+        teacher-forced pass's KV cache for that generation override this.
+        """
+        scores = self.score(sequences)
+        out: list[tuple[TokenScores, list[int]]] = []
+        todo: list[tuple[int, list[int], int]] = []
+        for i, (seq, p, score) in enumerate(zip(sequences, prompt_lengths, scores, strict=True)):
+            truth = list(seq[p:])
+            head, remaining = greedy_head(truth, score.argmax[p - 1:].astype(int).tolist())
+            out.append((score, head))
+            if remaining:
+                todo.append((i, list(seq[:p]) + head, remaining))
+        if todo:
+            longest = max(r for _, _, r in todo)
+            for (i, _, remaining), rest in zip(todo, self.generate([t[1] for t in todo], longest), strict=True):
+                out[i][1].extend(rest[:remaining])
+        return out
+
     def sampler_logprobs(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0,
                          top_k: int | None = None, top_p: float | None = None) -> list[np.ndarray]:
         raise NotImplementedError
@@ -115,6 +139,15 @@ class CausalLM(ModelAdapter):
                  seed: int = 0, stop_at_eos: bool = False, sample_indices: Sequence[int] | None = None,
                  temperature_decay: tuple[float, int] | None = None) -> list[list[int]]:
         raise NotImplementedError
+
+
+def greedy_head(truth: list[int], predicted: list[int]) -> tuple[list[int], int]:
+    """The part of greedy decoding one teacher-forced pass decides: the true tokens up to the first
+    mispredicted one, then the prediction there; and how many tokens are left to generate."""
+    first = next((j for j, (a, b) in enumerate(zip(truth, predicted, strict=False)) if a != b), len(truth))
+    if first == len(truth):
+        return list(truth), 0
+    return list(truth[:first]) + [predicted[first]], len(truth) - first - 1
 
 
 def fit_to_context(sequences: list[list[int]], model: CausalLM, max_tokens: int | None,
@@ -148,6 +181,32 @@ class CachedCausalLM:
         keys = [output_key(self.model_id, "score", {}, ids) for ids in sequences]
         return self._cached("score", keys, lambda chosen: self.model.score([sequences[i] for i in chosen]),
                             TokenScores.to_bytes, TokenScores.from_bytes)
+
+    def greedy_continuation(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]
+                            ) -> list[tuple[TokenScores, list[int]]]:
+        """Cached: the continuation under its own key, the scores under the shared `score` key (so a
+        method that scores the same sequences later computes nothing)."""
+        keys = [output_key(self.model_id, "greedy_continuation", {"prompt_length": p}, ids)
+                for ids, p in zip(sequences, prompt_lengths, strict=True)]
+        fresh: dict[int, TokenScores] = {}
+
+        def compute(chosen: list[int]) -> list[list[int]]:
+            results = self.model.greedy_continuation([sequences[i] for i in chosen],
+                                                     [prompt_lengths[i] for i in chosen])
+            score_keys = [output_key(self.model_id, "score", {}, sequences[i]) for i in chosen]
+            known = self.cache.get_many(score_keys)
+            self.cache.put_many(self.model_id, "score", [(key, r[0].to_bytes()) for key, r in
+                                                         zip(score_keys, results, strict=True) if key not in known])
+            fresh.update({i: r[0] for i, r in zip(chosen, results, strict=True)})
+            return [r[1] for r in results]
+
+        continuations = self._cached("greedy_continuation", keys, compute,
+                                     lambda ids: np.asarray(ids, dtype=np.int32).tobytes(),
+                                     lambda blob: np.frombuffer(blob, dtype=np.int32).tolist())
+        rest = [i for i in range(len(sequences)) if i not in fresh]
+        scores = dict(zip(rest, self.score([sequences[i] for i in rest]), strict=True))  # cached by now
+        scores.update({i: TokenScores.from_bytes(s.to_bytes()) for i, s in fresh.items()})
+        return [(scores[i], continuations[i]) for i in range(len(sequences))]
 
     def sequence_logprob(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """Total log-probability per sequence, cached as one number (for scoring many candidates)."""

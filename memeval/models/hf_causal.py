@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import warnings
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from memeval.errors import UsageError
-from memeval.models.base import AdapterContext, CausalLM, TokenScores
+from memeval.models.base import AdapterContext, CausalLM, TokenScores, greedy_head
 
 WEIGHT_AND_CONFIG_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.json", "*.model",
                            "*.txt", "*.tiktoken")
@@ -236,7 +237,76 @@ class HFCausal(CausalLM):
 
         return self._forward(sequences, under_sampler)
 
-    def _forward(self, sequences: Sequence[Sequence[int]], per_batch: Any) -> list[Any]:
+    def greedy_continuation(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]
+                            ) -> list[tuple[TokenScores, list[int]]]:
+        """One teacher-forced pass per batch gives the scores and where greedy decoding first
+        leaves the true tokens; generation goes on from there reusing that pass's KV cache: each
+        row attends to its prompt and the true tokens before its divergence (the cached columns
+        after it are masked out) with explicit position ids, so no prefix is computed twice."""
+        import torch
+
+        results: list[Any] = [None] * len(sequences)
+        state: dict[str, Any] = {}
+
+        def per_batch(logits: Any, targets: Any, lengths: list[int]) -> list[Any]:
+            state["scores"] = _token_scores(logits, targets, lengths)
+            return list(range(len(lengths)))
+
+        def after_batch(batch: list[int], output: Any, lengths: list[int]) -> None:
+            heads, todo = [], []
+            for row, i in enumerate(batch):
+                p = prompt_lengths[i]
+                truth = list(sequences[i][p:])
+                head, remaining = greedy_head(truth, state["scores"][row].argmax[p - 1:].astype(int).tolist())
+                heads.append(head)
+                if remaining:
+                    todo.append((row, p + len(head) - 1, remaining))  # columns kept, tokens left
+            generated = self._decode_from_cache(output.past_key_values, todo, [heads[r][-1] for r, _, _ in todo])
+            for row, i in enumerate(batch):
+                results[i] = (state["scores"][row], heads[row] + generated.get(row, []))
+
+        with torch.inference_mode():
+            self._forward(sequences, per_batch, use_cache=True, after_batch=after_batch)
+        return results
+
+    def _decode_from_cache(self, cache: Any, todo: list[tuple[int, int, int]], first_tokens: list[int]
+                           ) -> dict[int, list[int]]:
+        """Greedy decoding for rows `todo` = (row, kept columns, tokens to make) of a batch whose
+        teacher-forced pass left `cache`; the first input of each row is its divergent token."""
+        import torch
+
+        if not todo:
+            return {}
+        rows = torch.tensor([r for r, _, _ in todo])
+        cache.batch_select_indices(rows.to(self.device))
+        width = max(kept for _, kept, _ in todo)
+        surplus = cache.get_seq_length() - width
+        if surplus > 0:
+            cache.crop(-surplus)  # drop columns no row keeps (a negative count removes, in 4.x and 5.x)
+        mask = torch.zeros((len(todo), width), dtype=torch.long)
+        for k, (_, kept, _) in enumerate(todo):
+            mask[k, :kept] = 1
+        position = torch.tensor([kept for _, kept, _ in todo])
+        current = torch.tensor(first_tokens)
+        steps = max(n for _, _, n in todo)
+        made: list[list[int]] = [[] for _ in todo]
+        model = self.torch_model
+        for _ in range(steps):
+            mask = torch.cat([mask, torch.ones((len(todo), 1), dtype=torch.long)], dim=1)
+            with warnings.catch_warnings():  # transformers 5 renames past_key_values; 4.x knows only it
+                warnings.simplefilter("ignore", FutureWarning)
+                output = model(input_ids=current[:, None].to(self.device), attention_mask=mask.to(self.device),
+                               position_ids=position[:, None].to(self.device), past_key_values=cache,
+                               use_cache=True)
+            current = output.logits[:, -1].float().argmax(-1).cpu()
+            cache = output.past_key_values
+            position = position + 1
+            for k, token in enumerate(current.tolist()):
+                made[k].append(token)
+        return {r: made[k][:n] for k, (r, _, n) in enumerate(todo)}
+
+    def _forward(self, sequences: Sequence[Sequence[int]], per_batch: Any, use_cache: bool = False,
+                 after_batch: Any = None) -> list[Any]:
         """Right-padded batches of similar length through the model; `per_batch(logits, targets,
         lengths)` turns a batch's float32 logits (positions 0..L-2) and next tokens (1..L-1) into one
         result per sequence (vectorised over the batch; each row is cut to its own length)."""
@@ -262,10 +332,14 @@ class HFCausal(CausalLM):
                 for row, i in enumerate(batch):
                     ids[row, :lengths[row]] = torch.tensor(sequences[i])
                     mask[row, :lengths[row]] = 1
-                logits = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
+                output = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                               use_cache=use_cache)
+                logits = output.logits
                 results = per_batch(logits[:, :-1].float(), ids[:, 1:].to(logits.device), lengths)
                 for i, result in zip(batch, results, strict=True):
                     out[i] = result
+                if after_batch is not None:
+                    after_batch(batch, output, lengths)
         return out
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
