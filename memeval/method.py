@@ -14,10 +14,6 @@ if TYPE_CHECKING:
     from memeval.runner import Context
 
 
-class NoParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 class Params(BaseModel):
     """Base for method params: unknown keys are errors, so a typo is caught before anything runs."""
 
@@ -42,7 +38,7 @@ class Method:
 
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
-    Params: ClassVar[type[BaseModel]] = NoParams
+    Params: ClassVar[type[BaseModel]] = Params
     requires: ClassVar[frozenset[str]] = frozenset()
     needs_dataset: ClassVar[bool] = True
     metrics: ClassVar[tuple[MetricSpec, ...]] = ()

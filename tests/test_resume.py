@@ -44,6 +44,34 @@ def cached_rows(cache) -> int:
         return 0
 
 
+def loss_suite(tmp_path, model_dir, texts, ids=False):
+    """A one-evaluation lm.loss suite over `texts` on `model_dir`, four sequences per batch."""
+    rows = [{"id": f"s{i:05d}", "text": t} if ids else {"text": t} for i, t in enumerate(texts)]
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    suite = tmp_path / "s.yaml"
+    id_field = ", id_field: id" if ids else ""
+    suite.write_text(f"""
+memeval: 1
+suite: resume
+models:
+  m: {{adapter: hf-causal, path: {model_dir}, batch_size: 4, threads: 1}}
+datasets:
+  d: {{loader: jsonl, path: d.jsonl{id_field}}}
+evaluations:
+  - {{id: loss, method: lm.loss, model: m, dataset: d}}
+""")
+    return suite
+
+
+def start_and_wait(suite, out, cache, rows):
+    """Start a run and return it once `rows` outputs are committed (or it ended)."""
+    proc = memeval(suite, "--out", out, cache=cache)
+    deadline = time.time() + 120
+    while cached_rows(cache) < rows and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    return proc
+
+
 def records(out_dir):
     rows = [json.loads(x) for x in (out_dir / "records" / "loss.jsonl").read_text().splitlines()]
     return sorted(rows, key=lambda r: r["id"])
@@ -52,23 +80,9 @@ def records(out_dir):
 @pytest.mark.slow
 def test_sigkill_then_rerun_recomputes_nothing_finished(tmp_path, slow_model_dir):
     texts = [f"sample {i} " + "abc def ghi " * (1 + i % 9) for i in range(N_SAMPLES)]
-    write_jsonl(tmp_path / "d.jsonl", [{"id": f"s{i:05d}", "text": t} for i, t in enumerate(texts)])
-    suite = tmp_path / "s.yaml"
-    suite.write_text(f"""
-memeval: 1
-suite: resume
-models:
-  m: {{adapter: hf-causal, path: {slow_model_dir}, batch_size: 4, threads: 1}}
-datasets:
-  d: {{loader: jsonl, path: d.jsonl, id_field: id}}
-evaluations:
-  - {{id: loss, method: lm.loss, model: m, dataset: d}}
-""")
+    suite = loss_suite(tmp_path, slow_model_dir, texts, ids=True)
     cache = tmp_path / "cache"
-    victim = memeval(suite, "--out", tmp_path / "killed", cache=cache)
-    deadline = time.time() + 120
-    while cached_rows(cache) < 100 and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    victim = start_and_wait(suite, tmp_path / "killed", cache, rows=100)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     finished = cached_rows(cache)
@@ -93,23 +107,8 @@ evaluations:
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_writes_an_interrupted_run_and_exits_2(tmp_path, slow_model_dir, sig):
-    write_jsonl(tmp_path / "d.jsonl", [{"text": f"{i} " + "abc def " * (1 + i % 7)} for i in range(N_SAMPLES)])
-    suite = tmp_path / "s.yaml"
-    suite.write_text(f"""
-memeval: 1
-suite: interrupt
-models:
-  m: {{adapter: hf-causal, path: {slow_model_dir}, batch_size: 4, threads: 1}}
-datasets:
-  d: {{loader: jsonl, path: d.jsonl}}
-evaluations:
-  - {{id: loss, method: lm.loss, model: m, dataset: d}}
-""")
-    cache = tmp_path / "cache"
-    proc = memeval(suite, "--out", tmp_path / "run", cache=cache)
-    deadline = time.time() + 120
-    while cached_rows(cache) < 20 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
+    texts = [f"{i} " + "abc def " * (1 + i % 7) for i in range(N_SAMPLES)]
+    proc = start_and_wait(loss_suite(tmp_path, slow_model_dir, texts), tmp_path / "run", tmp_path / "cache", rows=20)
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == 2
     run = read_run(tmp_path / "run")
