@@ -17,6 +17,7 @@ from memeval.cache import MODES
 from memeval.config import Config
 from memeval.errors import ExitCode, UsageError
 from memeval.plugins import build_registry, distributions, make_plugin_manager
+from memeval.report.base import FILE_FORMATS
 from memeval.suite import SuiteErrors
 
 EXIT_CODES_HELP = """exit codes: 0 all gates passed, 1 a gate failed, 2 interrupted, 3 internal error,
@@ -77,6 +78,18 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
     validate.add_argument("--model", action="append", type=_model_override, default=[], metavar="NAME=PATH")
     _common(validate)
     validate.set_defaults(func=cmd_validate)
+
+    report = commands.add_parser("report", help="re-render reports from a saved run directory (no model needed)")
+    report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or its run.json)")
+    report.add_argument("--format", dest="formats", action="append", choices=FILE_FORMATS, metavar="FORMAT",
+                        help=f"{', '.join(FILE_FORMATS)} (repeatable; default: the suite's report formats plus html)")
+    report.add_argument("--out", metavar="DIR", help="write the reports here (default: the run directory)")
+    redact = report.add_mutually_exclusive_group()
+    redact.add_argument("--redact", dest="redact", action="store_true", default=None,
+                        help="mask memorized text (default: as the suite said)")
+    redact.add_argument("--no-redact", dest="redact", action="store_false")
+    _common(report)
+    report.set_defaults(func=cmd_report)
 
     listing = commands.add_parser("list", help="list methods, model adapters, dataset loaders and reporters")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -152,6 +165,31 @@ def cmd_validate(config: Config) -> ExitCode:
             errors.append(str(exc))
     if errors:
         raise UsageError("\n".join(errors))
+    return ExitCode.OK
+
+
+def cmd_report(config: Config) -> ExitCode:
+    from memeval.report.base import ReportContext
+    from memeval.results import RunResult, load_run
+
+    options = config.options
+    run_dir = Path(options.run_dir)
+    run_dir = run_dir.parent if run_dir.is_file() else run_dir
+    try:
+        run = RunResult.from_dict(load_run(run_dir))
+    except FileNotFoundError:
+        raise UsageError(f"{options.run_dir}: no run.json there (is it a memeval run directory?)") from None
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{options.run_dir}: not a readable memeval run: {exc}") from None
+    asked = run.config.get("suite", {}).get("report", {})
+    formats = options.formats or [f for f in FILE_FORMATS if f != "json" and (asked.get(f) or f == "html")]
+    redact = bool(asked.get("redact")) if options.redact is None else options.redact
+    out_dir = Path(options.out) if options.out else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = ReportContext(run, run_dir, redact, config.hook, out_dir)
+    for name in dict.fromkeys(formats):
+        path = config.registry.get("reporter", name)().write(report)
+        print(f"{name}: {path}")
     return ExitCode.OK
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     from memeval.config import Config
     from memeval.registry import Registry
+    from memeval.report.sections import Records, Section
     from memeval.results import EvaluationResult, RunResult
     from memeval.runner import Context, Item, Session
 
@@ -85,6 +86,19 @@ def memeval_evaluation_finish(item: Item, result: EvaluationResult) -> None:
 
 
 # -- reporting -----------------------------------------------------------------------------
+
+
+@hookspec
+def memeval_report_sections(evaluation: EvaluationResult, records: Records) -> list[Section] | None:
+    """Sections an evaluation adds to the HTML and Markdown reports: plots, tables, the most
+    memorized samples next to the truth (see `memeval.report.sections`). A method plugin answers
+    for its own evaluations (check `evaluation.method`) and returns None for the others.
+
+    Build sections from what the run kept: `evaluation.metrics`, `evaluation.artifacts` and the
+    streamed `records` (use `records.top(n, key)`, never hold them all). Wrap text that may be
+    training data in `Sensitive` so `redact: true` can mask it. Also called by `memeval report`,
+    with no model loaded."""
+
 
 
 @hookspec

@@ -18,6 +18,9 @@ BUILTIN_PLUGINS = {
     "local": "memeval.runner",
     "terminal": "memeval.report.terminal",
     "json": "memeval.report.json",
+    "html": "memeval.report.html",
+    "markdown": "memeval.report.markdown",
+    "junit": "memeval.report.junit",
 }
 
 

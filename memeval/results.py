@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,13 @@ class EvaluationResult:
     def metric(self, name: str) -> Metric | None:
         return next((m for m in self.metrics if m.name == name), None)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
+        known = _known(cls, data)
+        known["metrics"] = [Metric(**_known(Metric, m)) for m in data.get("metrics", [])]
+        known["gates"] = [GateVerdict(**_known(GateVerdict, g)) for g in data.get("gates", [])]
+        return cls(**known)
+
 
 @dataclass
 class RunResult:
@@ -75,7 +82,15 @@ class RunResult:
     started_at: str | None = None
     finished_at: str | None = None
     seconds: float = 0.0
+    baseline: dict[str, Any] | None = None  # the saved run compared against (--baseline) and the deltas
     schema_version: int = RUN_SCHEMA_VERSION
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunResult:
+        """The inverse of `to_dict`, for re-rendering and comparing saved runs."""
+        known = _known(cls, data)
+        known["evaluations"] = [EvaluationResult.from_dict(e) for e in data.get("evaluations", [])]
+        return cls(**known)
 
     def to_dict(self) -> dict[str, Any]:
         return _finite(asdict(self))
@@ -84,6 +99,11 @@ class RunResult:
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
         tmp.replace(path)
+
+
+def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 def _finite(obj: Any) -> Any:

@@ -149,6 +149,7 @@ class Session:
         self.items: list[Item] = []
         self.current: Item | None = None
         self.result = RunResult(suite={}, config={})
+        self.report_context: Any = None  # shared by the file reporters (memeval.report.base)
 
     def log(self, message: str) -> None:
         if self.config.verbosity >= 0:

@@ -13,6 +13,8 @@ from memeval.data import Sample
 from memeval.method import Method, MetricSpec, Params
 from memeval.models.base import fit_to_context
 from memeval.registry import Registry
+from memeval.report.sections import Records, Section, Sensitive, Table, histogram_of
+from memeval.results import EvaluationResult
 from memeval.stats import mean_metric
 
 
@@ -80,3 +82,15 @@ class LMLoss(Method):
 @hookimpl
 def memeval_register(registry: Registry) -> None:
     registry.add_method(LMLoss)
+
+
+@hookimpl
+def memeval_report_sections(evaluation: EvaluationResult, records: Records) -> list[Section] | None:
+    if evaluation.method != LMLoss.name:
+        return None
+    blocks: list = [histogram_of([r["loss"] for r in records], "Per-sample loss", "mean token NLL (nats)")]
+    lowest = records.top(10, key=lambda r: -r["loss"])
+    blocks.append(Table(["id", "loss", "perplexity", "tokens", "text"],
+                        [[r["id"], r["loss"], r["perplexity"], r["n_tokens"], Sensitive(r.get("text") or "")]
+                         for r in lowest], title="Lowest-loss samples (the best predicted)"))
+    return [Section("Loss", [b for b in blocks if b is not None])]

@@ -15,7 +15,8 @@ from memeval.data import Sample
 from memeval.method import Method, MetricSpec, Params
 from memeval.models.base import TokenScores, fit_to_context
 from memeval.registry import Registry
-from memeval.results import Metric
+from memeval.report.sections import LinePlot, Records, Section, Sensitive, Series, Table
+from memeval.results import EvaluationResult, Metric
 from memeval.stats import (
     best_balanced_accuracy,
     cross_validated_scores,
@@ -283,3 +284,25 @@ def _thin_curve(fpr: np.ndarray, tpr: np.ndarray) -> dict[str, list[float]]:
 @hookimpl
 def memeval_register(registry: Registry) -> None:
     registry.add_method(MembershipAttack)
+
+
+@hookimpl
+def memeval_report_sections(evaluation: EvaluationResult, records: Records) -> list[Section] | None:
+    if evaluation.method != MembershipAttack.name:
+        return None
+    blocks: list = []
+    curves = evaluation.artifacts.get("roc", {})
+    if curves:
+        series = [Series(name, curve["fpr"], curve["tpr"]) for name, curve in curves.items()]
+        blocks.append(LinePlot("ROC of each attack (blind: model-free baseline)", "false positive rate",
+                               "true positive rate", series, (0.0, 1.0), (0.0, 1.0), diagonal=True))
+    aucs = [m for m in evaluation.metrics if m.name.endswith("_auc") and m.name not in ("best_auc", "blind_auc")]
+    if aucs:
+        attack = max(aucs, key=lambda m: m.value).name.removesuffix("_auc")
+        top = records.top(10, key=lambda r: r["scores"][attack])
+        blocks.append(Table(["id", "member", f"{attack} score", "tokens", "text"],
+                            [[r["id"], r["member"], r["scores"][attack], r["n_tokens"], Sensitive(r["text"])]
+                             for r in top],
+                            title=f"Samples the best attack ({attack}) is surest are members"))
+    return [Section("Membership inference", blocks,
+                    "Every attack's score is higher for samples it believes are members.")]

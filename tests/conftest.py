@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -117,3 +119,73 @@ def hf_model(tiny_model_dir, tmp_path):
     context = AdapterContext(base_dir=tmp_path, seed=0, cache=cache, cache_dir=tmp_path / "cache",
                              load_dataset=lambda name: [])
     return HFCausal(HFCausal.Params(path=str(tiny_model_dir), batch_size=4), context)
+
+
+def run_memeval(*args, cache: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m memeval ARGS` in a subprocess, from the repository root."""
+    env = {**os.environ, "MEMEVAL_CACHE_DIR": str(cache), **(env or {})}
+    return subprocess.run([sys.executable, "-m", "memeval", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory, cache_dir) -> Path:
+    """The shipped quickstart suite, run once per test session (trains its two models, ~70 s cold)."""
+    out = tmp_path_factory.mktemp("quickstart") / "run"
+    proc = run_memeval("run", "suites/quickstart.yaml", "--out", out, "-q", cache=cache_dir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out
+
+
+# Strings a hostile training set (or a model that learned one) could put in front of a reviewer.
+PAYLOADS = [
+    "<script>alert('xss-1')</script>",
+    "<img src=x onerror=alert('xss-2')>",
+    "\"><svg onload=alert('xss-3')>",
+    "javascript:alert('xss-4')",
+    "{{ 7*7 }} {% raw %}",
+    "</style></table><iframe src=https://evil.example/>",
+    "| md | [link](https://evil.example) **bold** <b>b</b>",
+]
+# Suite and evaluation descriptions: written by a person, but rendered just as carefully.
+DESCRIPTIONS = ["<b onmouseover=alert('desc-1')>described</b> {{ 7*7 }}", "<img src=y onerror=alert('desc-2')>"]
+
+
+@pytest.fixture
+def payload_suite(tmp_path, cache_dir):
+    """A suite whose data, ids and descriptions are XSS / template / Markdown payloads, run on a tiny
+    recipe model trained on them (so its generations carry payload characters too). Returns a
+    writer taking `redact` (bool)."""
+    texts = [f"note {i}: {p} end" for i in range(6) for p in PAYLOADS]
+    write_jsonl(tmp_path / "data" / "train.jsonl", [{"id": f"t{i}<b>", "text": t} for i, t in enumerate(texts)])
+    split = [{"id": f"s{i}\"'><i>", "prefix": f"note {i}: ", "suffix": p}
+             for i, p in enumerate(PAYLOADS)]
+    write_jsonl(tmp_path / "data" / "split.jsonl", split)
+    write_jsonl(tmp_path / "data" / "other.jsonl",
+                [{"id": f"o{i}", "text": f"other {i}: {p[::-1]}"} for i, p in enumerate(PAYLOADS)])
+    recipe = {**TINY_RECIPE, "architecture": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 64},
+              "training": {"epochs": 40, "batch_size": 8, "learning_rate": 0.01}}
+
+    def write(redact: bool = False) -> Path:
+        suite = {
+            "memeval": 1, "suite": "payloads", "description": DESCRIPTIONS[0],
+            "datasets": {"train": {"loader": "jsonl", "path": "data/train.jsonl", "id_field": "id"},
+                         "split": {"loader": "jsonl", "path": "data/split.jsonl", "id_field": "id",
+                                   "prefix_field": "prefix", "suffix_field": "suffix"},
+                         "other": {"loader": "jsonl", "path": "data/other.jsonl", "id_field": "id"}},
+            "models": {"tiny": recipe},
+            "evaluations": [
+                {"id": "loss", "method": "lm.loss", "model": "tiny", "dataset": "train",
+                 "description": DESCRIPTIONS[1], "gates": [{"metric": "loss_mean", "max": 0.0}]},
+                {"id": "extract", "method": "extraction.discoverable", "model": "tiny", "dataset": "split",
+                 "params": {"prefix_tokens": 8, "suffix_tokens": 12}},
+                {"id": "members", "method": "membership.attack", "model": "tiny", "dataset": "train",
+                 "params": {"non_members": "other", "blind_baseline": False}},
+            ],
+            "report": {"json": True, "html": True, "markdown": True, "junit": True, "redact": redact},
+        }
+        path = tmp_path / f"payloads-{redact}.yaml"
+        path.write_text(json.dumps(suite), encoding="utf-8")  # JSON is YAML
+        return path
+
+    return write

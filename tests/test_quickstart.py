@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import REPO, read_run
+from conftest import run_memeval as memeval
 
 SUITES = sorted((REPO / "suites").glob("*.yaml"))
-
-
-def memeval(*args, cache):
-    env = {**os.environ, "MEMEVAL_CACHE_DIR": str(cache)}
-    return subprocess.run([sys.executable, "-m", "memeval", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
 
 
 @pytest.mark.parametrize("suite", SUITES, ids=[s.name for s in SUITES])
@@ -32,10 +26,9 @@ def test_quickstart_data_is_what_the_generator_writes(tmp_path):
 
 
 @pytest.mark.slow
-def test_quickstart_passes_and_an_impossible_gate_fails(tmp_path, cache_dir):
-    run = memeval("run", "suites/quickstart.yaml", "--out", tmp_path / "qs", cache=cache_dir)
-    assert run.returncode == 0, run.stdout + run.stderr
-    result = read_run(tmp_path / "qs")
+def test_quickstart_passes_and_an_impossible_gate_fails(quickstart_run, tmp_path, cache_dir):
+    result = read_run(quickstart_run)
+    assert result["exit_code"] == 0
     loss = {e["id"]: e["metrics"][0] for e in result["evaluations"]}
     # Members (canaries) are predicted far better than never-seen strings of the same template.
     assert loss["canary-loss"]["ci_high"] < loss["control-loss"]["ci_low"]

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from memeval import hookimpl
 from memeval.registry import Registry
+from memeval.report.base import ReportContext
 from memeval.results import RunResult
 
 
 class JsonReporter:
     """run.json: suite, resolved config, model identities, environment, metrics, gates, timings."""
 
-    def write(self, session, result: RunResult) -> None:
-        result.write(session.out_dir / "run.json")
+    filename = "run.json"
+
+    def write(self, report: ReportContext) -> Path:
+        path = report.out_dir / self.filename
+        report.run.write(path)
+        return path
 
 
 @hookimpl
@@ -19,7 +26,7 @@ def memeval_register(registry: Registry) -> None:
     registry.add_reporter("json", JsonReporter)
 
 
-@hookimpl
+@hookimpl(tryfirst=True)  # run.json first: a failing reporter after it must not cost the results
 def memeval_sessionfinish(session, result: RunResult, exitstatus: int) -> None:
     if "json" in session.suite.spec.report.formats():
-        JsonReporter().write(session, result)
+        JsonReporter().write(ReportContext.of_session(session, result))

@@ -1,0 +1,71 @@
+"""Builtin `markdown` reporter: `summary.md` (gates, metrics, each method's tables), also appended
+to `$GITHUB_STEP_SUMMARY` when that variable is set, so a CI job page shows the verdicts."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from memeval import hookimpl
+from memeval.registry import Registry
+from memeval.report.base import ReportContext, templates
+from memeval.report.sections import Comparison, Sensitive, Table
+from memeval.results import RunResult
+
+MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~-])")
+
+
+def md_escape(value: Any) -> str:
+    """Text safe inside a Markdown table cell: no markup, no HTML, one line."""
+    text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"\s+", " ", MARKDOWN_SPECIAL.sub(r"\\\1", text)).strip()
+
+
+def tables(report: ReportContext, evaluation: Any) -> list[dict[str, Any]]:
+    """The tabular part of the plugin sections (plots stay in the HTML report)."""
+    out = []
+    for section in report.sections(evaluation):
+        for block in section.blocks:
+            if isinstance(block, Table):
+                out.append({"title": f"{section.title}: {block.title}".rstrip(": "), "columns": block.columns,
+                            "rows": [[report.text(c) for c in row] for row in block.rows]})
+            elif isinstance(block, Comparison):
+                scores = list(dict.fromkeys(k for s in block.samples for k in s.scores))
+                rows = [[s.id, report.text(Sensitive(s.truth)), report.text(Sensitive(s.output)),
+                         *(report.text(s.scores.get(k)) for k in scores)] for s in block.samples]
+                out.append({"title": f"{section.title}: {block.title}", "rows": rows,
+                            "columns": ["id", block.truth_label, block.output_label, *scores]})
+    return out
+
+
+class MarkdownReporter:
+    """summary.md: gates, metrics and method tables in GitHub Markdown (appended to $GITHUB_STEP_SUMMARY)."""
+
+    filename = "summary.md"
+
+    def write(self, report: ReportContext) -> Path:
+        env = templates(autoescape=False)
+        env.filters["md"] = md_escape
+        evaluations = [{"result": e, "tables": tables(report, e)} for e in report.run.evaluations]
+        text = env.get_template("markdown/summary.md.j2").render(run=report.run, evaluations=evaluations,
+                                                                 redact=report.redact)
+        path = report.out_dir / self.filename
+        path.write_text(text, encoding="utf-8")
+        summary = os.environ.get("GITHUB_STEP_SUMMARY")
+        if summary:
+            with open(summary, "a", encoding="utf-8") as handle:
+                handle.write(text + "\n")
+        return path
+
+
+@hookimpl
+def memeval_register(registry: Registry) -> None:
+    registry.add_reporter("markdown", MarkdownReporter)
+
+
+@hookimpl
+def memeval_sessionfinish(session, result: RunResult, exitstatus: int) -> None:
+    if "markdown" in session.suite.spec.report.formats():
+        MarkdownReporter().write(ReportContext.of_session(session, result))
