@@ -70,12 +70,16 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", metavar="DIR", help="cache directory (default $MEMEVAL_CACHE_DIR or ~/.cache/memeval)")
     run.add_argument("--model", action="append", type=_model_override, default=[], metavar="NAME=PATH",
                      help="point the suite's model NAME at the hf-causal checkpoint PATH")
+    run.add_argument("--baseline", metavar="RUN_DIR",
+                     help="a saved run of the same suite: baseline-relative gates use it, and the reports show "
+                          "every metric's change against it")
     _common(run)
     run.set_defaults(func=cmd_run)
 
     validate = commands.add_parser("validate", help="check suites (schema and references) without loading models")
     validate.add_argument("suites", nargs="+", metavar="SUITE")
     validate.add_argument("--model", action="append", type=_model_override, default=[], metavar="NAME=PATH")
+    validate.add_argument("--baseline", metavar="RUN_DIR")
     _common(validate)
     validate.set_defaults(func=cmd_validate)
 
@@ -90,6 +94,18 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
     redact.add_argument("--no-redact", dest="redact", action="store_false")
     _common(report)
     report.set_defaults(func=cmd_report)
+
+    compare = commands.add_parser("compare", help="compare two saved runs of one suite, metric by metric",
+                                  epilog=EXIT_CODES_HELP)
+    compare.add_argument("base", metavar="BASE_RUN", help="the earlier (reference) run directory")
+    compare.add_argument("new", metavar="NEW_RUN", help="the run to judge")
+    compare.add_argument("--fail-on-regression", action="store_true",
+                         help="exit 1 when a metric moved towards more memorization beyond its tolerance")
+    compare.add_argument("--tolerance", type=float, default=0.0, metavar="X",
+                         help="allowed worsening for metrics without a baseline gate of their own (default 0)")
+    compare.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _common(compare)
+    compare.set_defaults(func=cmd_compare)
 
     listing = commands.add_parser("list", help="list methods, model adapters, dataset loaders and reporters")
     listing.add_argument("--json", action="store_true", help="print JSON")
@@ -169,28 +185,50 @@ def cmd_validate(config: Config) -> ExitCode:
 
 
 def cmd_report(config: Config) -> ExitCode:
+    from memeval.compare import SavedRun
     from memeval.report.base import ReportContext
-    from memeval.results import RunResult, load_run
 
     options = config.options
-    run_dir = Path(options.run_dir)
-    run_dir = run_dir.parent if run_dir.is_file() else run_dir
-    try:
-        run = RunResult.from_dict(load_run(run_dir))
-    except FileNotFoundError:
-        raise UsageError(f"{options.run_dir}: no run.json there (is it a memeval run directory?)") from None
-    except (ValueError, TypeError) as exc:
-        raise UsageError(f"{options.run_dir}: not a readable memeval run: {exc}") from None
-    asked = run.config.get("suite", {}).get("report", {})
+    saved = SavedRun.load(options.run_dir)
+    asked = saved.run.config.get("suite", {}).get("report", {})
     formats = options.formats or [f for f in FILE_FORMATS if f != "json" and (asked.get(f) or f == "html")]
     redact = bool(asked.get("redact")) if options.redact is None else options.redact
-    out_dir = Path(options.out) if options.out else run_dir
+    out_dir = Path(options.out) if options.out else saved.directory
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = ReportContext(run, run_dir, redact, config.hook, out_dir)
+    report = ReportContext(saved.run, saved.directory, redact, config.hook, out_dir)
     for name in dict.fromkeys(formats):
         path = config.registry.get("reporter", name)().write(report)
         print(f"{name}: {path}")
     return ExitCode.OK
+
+
+def cmd_compare(config: Config) -> ExitCode:
+    from memeval.compare import (
+        SavedRun,
+        compare_runs,
+        comparison_record,
+        format_rows,
+        gate_tolerances,
+    )
+
+    options = config.options
+    if options.tolerance < 0:
+        raise UsageError(f"--tolerance must be >= 0, got {options.tolerance}")
+    base, new = SavedRun.load(options.base), SavedRun.load(options.new)
+    methods = {name: config.registry.get("method", name) for name in config.registry.names("method")}
+    directions = {(e.id, m.name): m.higher_is_worse for e in new.run.evaluations for m in e.metrics}
+    tolerances = gate_tolerances(new.run.config.get("suite", {}), directions)
+    rows = compare_runs(base, new, methods, options.tolerance, tolerances, seed=new.run.suite.get("seed") or 0)
+    record = comparison_record(base, rows)
+    if options.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print(f"memeval compare: suite {base.run.suite.get('name')!r}, {options.base} -> {options.new}")
+        for line in format_rows(rows):
+            print("  " + line)
+        print(f"{record['regressions']} regression(s) among {len(rows)} metrics")
+    failed = options.fail_on_regression and record["regressions"] > 0
+    return ExitCode.GATES_FAILED if failed else ExitCode.OK
 
 
 def describe_registry(config: Config) -> dict[str, Any]:

@@ -79,6 +79,17 @@ def apply_model_overrides(suite: SuiteFile, overrides: dict[str, str]) -> None:
         models[name] = ModelSpec(adapter="hf-causal", path=str(resolved.resolve() if resolved.exists() else path), **keep)
 
 
+def apply_baseline_override(suite: SuiteFile, baseline: str | None) -> None:
+    """`--baseline RUN_DIR`: every baseline-relative gate compares against this run instead."""
+    if baseline is None:
+        return
+    path = str(Path(baseline).expanduser().resolve())
+    for spec in suite.spec.evaluations:
+        for gate in spec.gates:
+            if gate.relative:
+                gate.baseline = path
+
+
 def collect(suite: SuiteFile, registry: Registry) -> list[Item]:
     """All evaluation items of a suite, or SuiteErrors listing every problem found."""
     c = Collector(suite, registry)
@@ -172,6 +183,9 @@ def _check_evaluation(c: Collector, spec: EvaluationSpec, loc: tuple[Any, ...],
                                                   f"(produced: {', '.join(produced)})")
         if gate.baseline is not None:
             _check_baseline(c, baseline_file(c.suite, gate.baseline), (*loc, "gates", g, "baseline"))
+        elif gate.relative:
+            c.fail((*loc, "gates", g), "'max_increase'/'max_decrease' compare against a saved run: set 'baseline' "
+                                       "or run with --baseline RUN_DIR")
     return (method, params) if params is not None else None
 
 

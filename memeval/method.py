@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -25,6 +25,10 @@ class MetricSpec:
     name: str
     description: str
     higher_is_worse: bool | None  # worse = more memorization / more leakage; None = no direction
+    # The record field this metric summarises (with `statistic`), when it is a per-sample summary:
+    # lets `memeval compare` pair two runs' samples by id and put a CI on the change.
+    per_sample: str | None = None
+    statistic: Literal["mean", "median"] = "mean"
 
 
 class Method:

@@ -23,7 +23,8 @@ from typing import IO, Any
 
 from memeval import __version__, hookimpl
 from memeval.cache import OutputCache
-from memeval.collect import Item, apply_model_overrides, collect
+from memeval.collect import Item, apply_baseline_override, apply_model_overrides, collect
+from memeval.compare import SavedRun, compare_runs, comparison_record, gate_tolerances
 from memeval.config import Config
 from memeval.data import Sample, rows_to_samples, stream_texts
 from memeval.errors import ExitCode, UsageError
@@ -260,7 +261,24 @@ def load_and_collect(config: Config, path: str) -> tuple[SuiteFile, list[Item]]:
     suite = load_suite(path)
     overrides = dict(getattr(config.options, "model", None) or [])
     apply_model_overrides(suite, overrides)
+    baseline = getattr(config.options, "baseline", None)
+    if baseline is not None:
+        ran = SavedRun.load(baseline).run.suite.get("name")
+        if ran != suite.spec.suite:
+            raise UsageError(f"--baseline {baseline}: a run of suite {ran!r}, not of {suite.spec.suite!r}",
+                             file=str(suite.path))
+        apply_baseline_override(suite, baseline)
     return suite, collect(suite, config.registry)
+
+
+def compare_with_baseline(config: Config, session: Session) -> dict[str, Any]:
+    """The run against `--baseline`: every shared metric's change, with paired CIs where possible."""
+    base = SavedRun.load(config.options.baseline)
+    new = SavedRun(session.result, session.out_dir)
+    methods = {name: config.registry.get("method", name) for name in config.registry.names("method")}
+    directions = {(e.id, m.name): m.higher_is_worse for e in session.result.evaluations for m in e.metrics}
+    tolerances = gate_tolerances(session.result.config.get("suite", {}), directions)
+    return comparison_record(base, compare_runs(base, new, methods, gate_tolerances=tolerances, seed=session.seed))
 
 
 def run_suite(config: Config, path: str, out_dir: Path) -> ExitCode:
@@ -287,6 +305,8 @@ def run_suite(config: Config, path: str, out_dir: Path) -> ExitCode:
             result.evaluations.append(run_item(session, item))
         exit_code = _exit_code(result.evaluations) if items else ExitCode.NO_EVALUATIONS
         result.status = "completed"
+        if getattr(config.options, "baseline", None) is not None:
+            result.baseline = compare_with_baseline(config, session)
     except KeyboardInterrupt:
         result.status, exit_code = "interrupted", ExitCode.INTERRUPTED
     except (UsageError, SuiteErrors) as exc:

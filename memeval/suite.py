@@ -34,7 +34,8 @@ class GateSpec(Strict):
     metric: str
     min: float | None = None
     max: float | None = None
-    baseline: str | None = Field(None, description="path of a saved run directory or run.json")
+    baseline: str | None = Field(None, description="path of a saved run directory or run.json (default: the "
+                                                   "run given with --baseline, which also overrides this)")
     max_increase: float | None = None
     max_decrease: float | None = None
 
@@ -54,9 +55,11 @@ class GateSpec(Strict):
             raise ValueError("'baseline' needs 'max_increase' or 'max_decrease'")
         if self.min is None and self.max is None and not relative:
             raise ValueError("a gate needs 'min', 'max', or 'baseline' with 'max_increase'/'max_decrease'")
-        if relative and self.baseline is None:
-            raise ValueError("'max_increase'/'max_decrease' compare against a run: set 'baseline'")
-        return self
+        return self  # a relative gate without 'baseline' uses `--baseline` (checked at collection)
+
+    @property
+    def relative(self) -> bool:
+        return self.max_increase is not None or self.max_decrease is not None
 
 
 class EvaluationSpec(Strict):

@@ -147,12 +147,16 @@ class Discoverable(Method):
     Params = DiscoverableParams
     requires = frozenset({"logprobs", "generate"})
     metrics = (
-        MetricSpec("extractable_rate", "share of samples whose greedy continuation equals the true suffix", True),
+        MetricSpec("extractable_rate", "share of samples whose greedy continuation equals the true suffix", True,
+                   "exact"),
         MetricSpec("n_extractable", "number of samples extracted exactly", True),
-        MetricSpec("memorization_score_mean", "mean fraction of suffix positions reproduced by greedy decoding", True),
+        MetricSpec("memorization_score_mean", "mean fraction of suffix positions reproduced by greedy decoding",
+                   True, "memorization_score"),
         MetricSpec("teacher_forced_accuracy_mean", "mean fraction of suffix positions whose argmax given the true "
-                                                   "prefix is the true token", True),
-        MetricSpec("prefix_match_length_mean", "mean number of suffix tokens reproduced before the first error", True),
+                                                   "prefix is the true token", True,
+                   "teacher_forced_accuracy"),
+        MetricSpec("prefix_match_length_mean", "mean number of suffix tokens reproduced before the first error",
+                   True, "first_divergence"),
     )
 
     @classmethod
@@ -273,9 +277,11 @@ class Probabilistic(Method):
     requires = frozenset({"logprobs"})
     metrics = (
         MetricSpec("np_extractable_rate", "share of samples extracted with probability >= p within n queries", True),
-        MetricSpec("extraction_probability_mean", "mean over samples of 1 - (1 - p_z)^n", True),
+        MetricSpec("extraction_probability_mean", "mean over samples of 1 - (1 - p_z)^n", True,
+                   "probability_within_n"),
         MetricSpec("log10_p_z_median", "median over samples of log10 p_z", True),
-        MetricSpec("greedy_extractable_rate", "share of samples greedy decoding reproduces (for comparison)", True),
+        MetricSpec("greedy_extractable_rate", "share of samples greedy decoding reproduces (for comparison)",
+                   True, "greedy_exact"),
     )
 
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
@@ -364,8 +370,8 @@ class Exposure(Method):
     requires = frozenset({"logprobs"})
     metrics = (
         MetricSpec("exposure_max", "highest exposure of any canary (bits)", True),
-        MetricSpec("exposure_mean", "mean exposure over canaries (bits)", True),
-        MetricSpec("exposure_median", "median exposure over canaries (bits)", True),
+        MetricSpec("exposure_mean", "mean exposure over canaries (bits)", True, "exposure"),
+        MetricSpec("exposure_median", "median exposure over canaries (bits)", True, "exposure", "median"),
     )
 
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:

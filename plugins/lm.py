@@ -38,10 +38,10 @@ class LMLoss(Method):
     Params = LossParams
     requires = frozenset({"logprobs"})
     metrics = (
-        MetricSpec("loss_mean", "mean over samples of the per-sample mean token NLL (nats)", False),
-        MetricSpec("loss_median", "median over samples of the per-sample mean token NLL (nats)", False),
-        MetricSpec("perplexity_mean", "mean over samples of exp(per-sample loss)", False),
-        MetricSpec("perplexity_median", "median over samples of exp(per-sample loss)", False),
+        MetricSpec("loss_mean", "mean over samples of the per-sample mean token NLL (nats)", False, "loss"),
+        MetricSpec("loss_median", "median over samples of the per-sample mean token NLL (nats)", False, "loss", "median"),
+        MetricSpec("perplexity_mean", "mean over samples of exp(per-sample loss)", False, "perplexity"),
+        MetricSpec("perplexity_median", "median over samples of exp(per-sample loss)", False, "perplexity", "median"),
     )
 
     def prepare(self, samples: list[Sample], context: Any) -> list[tuple[Sample, list[int]]]:

@@ -65,8 +65,6 @@ CASES = [
      "did you mean 'id_field'"),
     ("unknown model key", ("training: {epochs: 1}", "training: {epochs: 1}, batchsize: 3"), 7,
      "models.tiny.batchsize", "did you mean 'batch_size'"),
-    ("reporter not installed", ("seed: 0", "seed: 0\nreport: {html: true, markdown: false}"), 4, "report.html",
-     "no reporter 'html' is installed"),
     ("unknown YAML tag", ("suite: bad", "suite: !foo bad"), 2, None, "could not determine a constructor"),
     ("python tag", ("suite: bad", "suite: !!python/object:os.system bad"), 2, None, "invalid YAML"),
     ("bad int tag", ("seed: 0", "seed: !!int abc"), 3, None, "invalid literal"),
@@ -81,6 +79,8 @@ CASES = [
     ("bad evaluation id", ("- id: loss", "- id: 'my loss!'"), 9, "evaluations[0].id", "letters, digits"),
     ("baseline without tolerance", ("{metric: loss_mean, max: 10}", "{metric: loss_mean, baseline: runs/x}"), 15,
      "evaluations[0].gates[0]", "needs 'max_increase'"),
+    ("relative gate, no baseline", ("{metric: loss_mean, max: 10}", "{metric: loss_mean, max_increase: 0.1}"), 15,
+     "evaluations[0].gates[0]", "or run with --baseline RUN_DIR"),
     ("missing baseline run", ("{metric: loss_mean, max: 10}",
                               "{metric: loss_mean, baseline: runs/x, max_increase: 0.1}"), 15,
      "evaluations[0].gates[0].baseline", "does not exist"),
@@ -178,3 +178,10 @@ def test_unknown_cli_option_is_a_usage_error(run_cli, tmp_path):
     assert run_cli("run", "--bogus")[0] == 4
     assert run_cli("run", tmp_path / "s.yaml", "--limit", "0")[0] == 4
     assert run_cli("run", tmp_path / "s.yaml", "--model", "nopath")[0] == 4
+
+
+def test_a_blocked_reporter_the_suite_asks_for_is_a_usage_error(tmp_path, run_cli):
+    path = write_case(tmp_path, ("seed: 0", "seed: 0\nreport: {html: true, markdown: false}"))
+    assert run_cli("validate", path)[0] == 0
+    code, _, err = run_cli("validate", path, "-p", "no:html")
+    assert code == 4 and f"{path}:4" in err and "no reporter 'html' is installed" in err

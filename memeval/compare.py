@@ -1,0 +1,197 @@
+"""Comparing two runs of one suite: per-metric change, its CI, and whether it is a regression.
+
+A regression is a change towards more memorization (by the metric's declared direction) larger
+than the tolerance, and significant: its CI excludes zero. When both runs' records hold the
+per-sample values a metric summarises (`MetricSpec.per_sample`), the CI is a paired bootstrap over
+the samples both runs share (same ids); otherwise it is a normal approximation from the two
+runs' own CIs; a metric with no CI (a count, a maximum) is compared as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from memeval.errors import UsageError
+from memeval.method import MetricSpec
+from memeval.report.sections import Records
+from memeval.results import RUN_SCHEMA_VERSION, EvaluationResult, Metric, RunResult, load_run
+from memeval.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES
+
+VERDICTS = ("regression", "improvement", "not significant", "unchanged", "no direction", "missing")
+
+
+@dataclass
+class MetricDelta:
+    evaluation: str
+    metric: str
+    base: float | None
+    new: float | None
+    delta: float | None            # new - base
+    higher_is_worse: bool | None
+    tolerance: float               # allowed change towards more memorization
+    verdict: str                   # one of VERDICTS
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_method: str | None = None
+    n_paired: int | None = None
+
+
+@dataclass
+class SavedRun:
+    run: RunResult
+    directory: Path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SavedRun:
+        path = Path(path)
+        directory = path.parent if path.is_file() else path
+        try:
+            return cls(RunResult.from_dict(load_run(directory)), directory)
+        except FileNotFoundError:
+            raise UsageError(f"{path}: no run.json there (is it a memeval run directory?)") from None
+        except (ValueError, TypeError) as exc:
+            raise UsageError(f"{path}: not a readable memeval run (this memeval reads schema version "
+                             f"{RUN_SCHEMA_VERSION}): {exc}") from None
+
+    def records(self, evaluation: EvaluationResult) -> Records:
+        return Records(self.directory / evaluation.records_path if evaluation.records_path else None)
+
+
+def check_comparable(base: SavedRun, new: SavedRun) -> None:
+    names = base.run.suite.get("name"), new.run.suite.get("name")
+    if names[0] != names[1]:
+        raise UsageError(f"cannot compare runs of different suites: {base.directory} ran {names[0]!r}, "
+                         f"{new.directory} ran {names[1]!r}")
+
+
+def compare_runs(base: SavedRun, new: SavedRun, specs: dict[str, type] | None = None,
+                 tolerance: float = 0.0, gate_tolerances: dict[tuple[str, str], float] | None = None,
+                 seed: int = 0) -> list[MetricDelta]:
+    """Every metric of every evaluation the two runs share. `specs` maps method names to method
+    classes (for per-sample pairing); `gate_tolerances` (evaluation, metric) -> allowed worsening
+    overrides `tolerance` where the suite's baseline gates set one."""
+    check_comparable(base, new)
+    specs, gate_tolerances = specs or {}, gate_tolerances or {}
+    old = {e.id: e for e in base.run.evaluations}
+    rows = []
+    for evaluation in new.run.evaluations:
+        before = old.get(evaluation.id)
+        method = specs.get(evaluation.method)
+        for metric in evaluation.metrics:
+            allowed = gate_tolerances.get((evaluation.id, metric.name), tolerance)
+            previous = before.metric(metric.name) if before is not None else None
+            if previous is None:
+                rows.append(MetricDelta(evaluation.id, metric.name, None, metric.value, None,
+                                        metric.higher_is_worse, allowed, "missing"))
+                continue
+            spec = _spec(method, metric.name)
+            paired = _paired_ci(base.records(before), new.records(evaluation), spec, seed) if spec else None
+            rows.append(_delta(evaluation.id, previous, metric, allowed, paired))
+    return rows
+
+
+def _spec(method: Any, name: str) -> MetricSpec | None:
+    if method is None:
+        return None
+    spec = next((m for m in method.metrics if m.name == name), None)
+    return spec if spec is not None and spec.per_sample else None
+
+
+def _delta(evaluation: str, base: Metric, new: Metric, tolerance: float,
+           paired: tuple[float, float, int] | None) -> MetricDelta:
+    row = MetricDelta(evaluation, new.name, base.value, new.value, None, new.higher_is_worse, tolerance, "unchanged")
+    if not _finite(base.value) or not _finite(new.value):
+        row.verdict = "missing"
+        return row
+    row.delta = new.value - base.value
+    if paired is not None:
+        row.ci_low, row.ci_high, row.n_paired = paired
+        row.ci_method = "paired bootstrap over shared samples"
+    elif all(_finite(v) for v in (base.ci_low, base.ci_high, new.ci_low, new.ci_high)):
+        row.ci_low, row.ci_high = _normal_ci(row.delta, base, new)
+        row.ci_method = "normal approximation from both runs' CIs"
+    row.verdict = verdict(row)
+    return row
+
+
+def verdict(row: MetricDelta) -> str:
+    if row.higher_is_worse is None:
+        return "no direction"
+    if row.delta == 0:
+        return "unchanged"
+    worse = row.delta if row.higher_is_worse else -row.delta
+    significant = row.ci_low is None or row.ci_low > 0 or row.ci_high < 0
+    if worse > row.tolerance:
+        return "regression" if significant else "not significant"
+    if worse < 0:
+        return "improvement" if significant else "not significant"
+    return "unchanged"  # worse, but within the tolerance a gate allows
+
+
+def _normal_ci(delta: float, base: Metric, new: Metric) -> tuple[float, float]:
+    level = new.ci_level or DEFAULT_LEVEL
+    z = stats.norm.ppf(0.5 + level / 2)
+    se = math.hypot((base.ci_high - base.ci_low) / (2 * z), (new.ci_high - new.ci_low) / (2 * z))
+    return delta - z * se, delta + z * se
+
+
+def _paired_ci(base: Records, new: Records, spec: MetricSpec, seed: int,
+               level: float = DEFAULT_LEVEL) -> tuple[float, float, int] | None:
+    """Bootstrap CI of statistic(new) - statistic(base) resampling the samples both runs hold."""
+    before = {r["id"]: r[spec.per_sample] for r in base if r.get(spec.per_sample) is not None}
+    pairs = [(before[r["id"]], r[spec.per_sample]) for r in new
+             if r["id"] in before and r.get(spec.per_sample) is not None]
+    if len(pairs) < 2:
+        return None
+    values = np.asarray(pairs, dtype=np.float64)
+    statistic = np.median if spec.statistic == "median" else np.mean
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(values), size=(DEFAULT_RESAMPLES, len(values)))
+    differences = statistic(values[index, 1], axis=1) - statistic(values[index, 0], axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(differences, [alpha, 1 - alpha])
+    return float(low), float(high), len(values)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def gate_tolerances(suite_config: dict[str, Any], higher_is_worse: dict[tuple[str, str], bool | None]
+                    ) -> dict[tuple[str, str], float]:
+    """Allowed worsening per (evaluation, metric) from the suite's baseline-relative gates."""
+    out = {}
+    for evaluation in suite_config.get("evaluations", []):
+        for gate in evaluation.get("gates", []):
+            key = (evaluation["id"], gate["metric"])
+            worse_up = higher_is_worse.get(key)
+            allowed = gate.get("max_increase") if worse_up else gate.get("max_decrease") if worse_up is False else None
+            if allowed is not None:
+                out[key] = float(allowed)
+    return out
+
+
+def comparison_record(base: SavedRun, rows: list[MetricDelta]) -> dict[str, Any]:
+    """What `run.json` keeps under `baseline` when a run is compared against a saved one."""
+    return {"path": str(base.directory), "suite": base.run.suite.get("name"), "started_at": base.run.started_at,
+            "rows": [asdict(r) for r in rows],
+            "regressions": sum(r.verdict == "regression" for r in rows)}
+
+
+def format_rows(rows: list[MetricDelta]) -> list[str]:
+    def num(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4g}"
+
+    lines = []
+    for row in rows:
+        ci = f" [{num(row.ci_low)}, {num(row.ci_high)}]" if row.ci_low is not None else ""
+        paired = f" paired n={row.n_paired}" if row.n_paired else ""
+        lines.append(f"{row.verdict.upper() if row.verdict == 'regression' else row.verdict:15} {row.evaluation}::"
+                     f"{row.metric}  {num(row.base)} -> {num(row.new)}  change {num(row.delta)}{ci}{paired}")
+    return lines
