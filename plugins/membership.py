@@ -296,6 +296,10 @@ def memeval_report_sections(evaluation: EvaluationResult, records: Records) -> l
         series = [Series(name, curve["fpr"], curve["tpr"]) for name, curve in curves.items()]
         blocks.append(LinePlot("ROC of each attack (blind: model-free baseline)", "false positive rate",
                                "true positive rate", series, (0.0, 1.0), (0.0, 1.0), diagonal=True))
+        smallest = min((f for c in curves.values() for f in c["fpr"] if f > 0), default=1.0)
+        blocks.append(LinePlot("The same ROC, log FPR (the low-FPR regime attacks are judged in)",
+                               "false positive rate (log)", "true positive rate", series, (smallest, 1.0), (0.0, 1.0),
+                               diagonal=True, log_x=True))
     aucs = [m for m in evaluation.metrics if m.name.endswith("_auc") and m.name not in ("best_auc", "blind_auc")]
     if aucs:
         attack = max(aucs, key=lambda m: m.value).name.removesuffix("_auc")

@@ -51,6 +51,7 @@ class LinePlot:
     y_range: tuple[float, float] | None = None
     diagonal: bool = False                      # the chance line of a ROC plot
     markers: bool = False
+    log_x: bool = False                         # log10 x axis (x <= 0 is left out)
 
 
 @dataclass

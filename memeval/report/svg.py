@@ -22,10 +22,19 @@ class Scale:
     high: float
     start: float  # pixel of `low`
     end: float    # pixel of `high`
+    log: bool = False  # low and high are then powers of ten, values are data
 
     def __call__(self, value: float) -> float:
+        if self.log:
+            value = math.log10(value)
         span = self.high - self.low or 1.0
         return round(self.start + (value - self.low) / span * (self.end - self.start), 2)
+
+    def ticks(self) -> list[tuple[float, str]]:
+        if self.log:
+            return [(self(10.0 ** e), tick_label(10.0 ** e)) for e in range(math.floor(self.low), math.ceil(self.high) + 1)
+                    if self.low <= e <= self.high]
+        return [(self(t), tick_label(t)) for t in nice_ticks(self.low, self.high)]
 
 
 @dataclass
@@ -75,29 +84,35 @@ def _range(values: list[float], fixed: tuple[float, float] | None) -> tuple[floa
 
 
 def _axes(geometry: Geometry, x: Scale, y: Scale) -> None:
-    geometry.x_ticks = [(x(t), tick_label(t)) for t in nice_ticks(x.low, x.high)]
-    geometry.y_ticks = [(y(t), tick_label(t)) for t in nice_ticks(y.low, y.high)]
+    geometry.x_ticks = x.ticks()
+    geometry.y_ticks = y.ticks()
 
 
 def line_plot(plot: LinePlot) -> Geometry:
     geometry = Geometry()
-    xs = [v for s in plot.series for v in s.x]
+    usable = (lambda v: v > 0) if plot.log_x else (lambda v: True)  # noqa: E731
+    xs = [v for s in plot.series for v in s.x if _finite(v) and usable(v)]
     ys = [v for s in plot.series for v in (s.y + (s.low or []) + (s.high or []))]
-    x = Scale(*_range(xs, plot.x_range), geometry.left, geometry.right)
+    if plot.log_x:
+        low, high = _range(xs, plot.x_range)
+        x = Scale(math.floor(math.log10(low)), math.ceil(math.log10(high)), geometry.left, geometry.right, log=True)
+    else:
+        x = Scale(*_range(xs, plot.x_range), geometry.left, geometry.right)
     y = Scale(*_range(ys, plot.y_range), geometry.bottom, geometry.top)
     _axes(geometry, x, y)
     for i, series in enumerate(plot.series):
-        points = [(x(a), y(b)) for a, b in zip(series.x, series.y, strict=True) if _finite(a, b)]
+        points = [(x(a), y(b)) for a, b in zip(series.x, series.y, strict=True) if _finite(a, b) and usable(a)]
         line = {"name": series.name, "color": PALETTE[i % len(PALETTE)],
                 "points": " ".join(f"{a},{b}" for a, b in points), "dots": points if plot.markers else []}
         if series.low is not None and series.high is not None:
-            upper = [(x(a), y(h)) for a, h in zip(series.x, series.high, strict=True) if _finite(a, h)]
-            lower = [(x(a), y(lo)) for a, lo in zip(series.x, series.low, strict=True) if _finite(a, lo)]
+            upper = [(x(a), y(h)) for a, h in zip(series.x, series.high, strict=True) if _finite(a, h) and usable(a)]
+            lower = [(x(a), y(lo)) for a, lo in zip(series.x, series.low, strict=True) if _finite(a, lo) and usable(a)]
             line["band"] = " ".join(f"{a},{b}" for a, b in upper + lower[::-1])
         geometry.lines.append(line)
-    if plot.diagonal:
-        low, high = max(x.low, y.low), min(x.high, y.high)
-        geometry.diagonal = f"{x(low)},{y(low)} {x(high)},{y(high)}"
+    if plot.diagonal:  # y = x, drawn as a polyline so it stays straight on a log x axis too
+        low, high = (10.0 ** x.low, 10.0 ** x.high) if x.log else (max(x.low, y.low), min(x.high, y.high))
+        steps = [low * (high / low) ** (i / 40) for i in range(41)] if x.log else [low, high]
+        geometry.diagonal = " ".join(f"{x(v)},{y(v)}" for v in steps if y.low <= v <= y.high)
     return geometry
 
 

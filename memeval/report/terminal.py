@@ -68,6 +68,8 @@ class TerminalReporter:
         parts.append(f"{sum(g.passed for g in gates)}/{len(gates)} gates passed")
         if result.status == "interrupted":
             parts.append("interrupted")
+        if result.baseline is not None:
+            parts.append(f"{result.baseline['regressions']} regression(s) against the baseline")
         _write(f"=== {', '.join(parts)} in {result.seconds:.1f}s; run directory {session.out_dir} ===")
 
 
