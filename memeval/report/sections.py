@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 @dataclass(frozen=True)
 class Sensitive:
@@ -127,8 +129,6 @@ class Records:
 def histogram_of(values: list[float], title: str, x_label: str, bins: int = 20,
                  value_range: tuple[float, float] | None = None) -> Histogram | None:
     """A histogram block of finite values (None when there are none)."""
-    import numpy as np
-
     finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
     if finite.size == 0:
         return None
