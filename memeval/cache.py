@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 
 from memeval.errors import CacheMiss, UsageError
+from memeval.options import CACHE_MODES
 
-MODES = ("use", "refresh", "off", "only")
+MODES = CACHE_MODES
 CACHE_FORMAT = 1  # bump when the stored value layout changes; old entries then stop matching
 
 

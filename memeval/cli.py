@@ -13,36 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from memeval import __version__
-from memeval.cache import MODES
 from memeval.config import Config
 from memeval.errors import ExitCode, UsageError
+from memeval.options import CACHE_MODES, model_override, positive_int, seed
 from memeval.plugins import build_registry, distributions, make_plugin_manager
 from memeval.report.base import FILE_FORMATS
 from memeval.suite import SuiteErrors
 
 EXIT_CODES_HELP = """exit codes: 0 all gates passed, 1 a gate failed, 2 interrupted, 3 internal error,
 4 usage or suite error, 5 nothing selected"""
-
-
-def _model_override(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, path
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32), got {text}")
-    return value
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -63,12 +42,12 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
     run.add_argument("-k", dest="keyword", metavar="EXPR",
                      help="only evaluations whose id/method/model/dataset/suite name match EXPR (and, or, not, parentheses)")
     run.add_argument("--out", metavar="DIR", help="run directory (default memeval-runs/<suite>-<time>)")
-    run.add_argument("--seed", type=_seed, help="override the suite's seed")
-    run.add_argument("--limit", type=_positive_int, metavar="N", help="use only the first N samples of each dataset")
-    run.add_argument("--cache", choices=MODES, default="use",
+    run.add_argument("--seed", type=seed, help="override the suite's seed")
+    run.add_argument("--limit", type=positive_int, metavar="N", help="use only the first N samples of each dataset")
+    run.add_argument("--cache", choices=CACHE_MODES, default="use",
                      help="use: read and write; refresh: recompute and write; off; only: replay, a miss is an error")
     run.add_argument("--cache-dir", metavar="DIR", help="cache directory (default $MEMEVAL_CACHE_DIR or ~/.cache/memeval)")
-    run.add_argument("--model", action="append", type=_model_override, default=[], metavar="NAME=PATH",
+    run.add_argument("--model", action="append", type=model_override, default=[], metavar="NAME=PATH",
                      help="point the suite's model NAME at the hf-causal checkpoint PATH")
     run.add_argument("--baseline", metavar="RUN_DIR",
                      help="a saved run of the same suite: baseline-relative gates use it, and the reports show "
@@ -78,7 +57,7 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check suites (schema and references) without loading models")
     validate.add_argument("suites", nargs="+", metavar="SUITE")
-    validate.add_argument("--model", action="append", type=_model_override, default=[], metavar="NAME=PATH")
+    validate.add_argument("--model", action="append", type=model_override, default=[], metavar="NAME=PATH")
     validate.add_argument("--baseline", metavar="RUN_DIR")
     _common(validate)
     validate.set_defaults(func=cmd_validate)

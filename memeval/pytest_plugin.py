@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from memeval import hookimpl  # the package's __init__: pluggy and a version lookup, nothing heavy
+from memeval.options import CACHE_MODES, model_override, positive_int, seed
 
 if TYPE_CHECKING:
     from memeval.collect import Item
@@ -41,8 +42,6 @@ if TYPE_CHECKING:
     from memeval.suite import SuiteFile as MemevalSuite
 
 SUITE_SUFFIXES = (".yaml", ".yml")
-# memeval.cache.MODES, written out: importing memeval.cache pulls numpy into every pytest session.
-CACHE_MODES = ("use", "refresh", "off", "only")
 _TOP_LEVEL_MEMEVAL = re.compile(r"""^(memeval|"memeval"|'memeval')[ \t]*:""", re.MULTILINE)
 
 
@@ -51,27 +50,6 @@ class MemevalWarning(UserWarning):
 
 
 # -- options -------------------------------------------------------------------------------------
-
-
-def _seed(text: str) -> int:
-    value = int(text)
-    if not 0 <= value < 2**32:
-        raise argparse.ArgumentTypeError(f"expected a seed in [0, 2**32), got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
-def _model_override(text: str) -> tuple[str, str]:
-    name, sep, path = text.partition("=")
-    if not sep or not name or not path:
-        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
-    return name, path
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -83,12 +61,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="model output cache: use (default), refresh, off, only (a miss is an error)")
     group.addoption("--memeval-cache-dir", metavar="DIR",
                     help="cache directory (default $MEMEVAL_CACHE_DIR or ~/.cache/memeval)")
-    group.addoption("--memeval-seed", type=_seed, metavar="N", help="override the suites' seed")
-    group.addoption("--memeval-limit", type=_positive_int, metavar="N",
+    group.addoption("--memeval-seed", type=seed, metavar="N", help="override the suites' seed")
+    group.addoption("--memeval-limit", type=positive_int, metavar="N",
                     help="use only the first N samples of each dataset")
     group.addoption("--memeval-baseline", metavar="RUN_DIR",
                     help="a saved run of the same suite: baseline-relative gates compare against it")
-    group.addoption("--memeval-model", action="append", type=_model_override, default=[],
+    group.addoption("--memeval-model", action="append", type=model_override, default=[],
                     metavar="NAME=PATH", help="point the suites' model NAME at the hf-causal checkpoint PATH")
     parser.addini("memeval_suite_files", type="args", default=[],
                   help="glob patterns of YAML files collected as memeval suites besides those named on the "
