@@ -287,6 +287,9 @@ class HFCausal(CausalLM):
         for k, (_, kept, _) in enumerate(todo):
             mask[k, :kept] = 1
         position = torch.tensor([kept for _, kept, _ in todo])
+        # A row that has made its tokens keeps stepping with the others (its extra tokens are dropped)
+        # at its last position: advancing it could run past the model's position embeddings.
+        last = torch.tensor([kept + n - 1 for _, kept, n in todo])
         current = torch.tensor(first_tokens)
         steps = max(n for _, _, n in todo)
         made: list[list[int]] = [[] for _ in todo]
@@ -300,7 +303,7 @@ class HFCausal(CausalLM):
                                use_cache=True)
             current = output.logits[:, -1].float().argmax(-1).cpu()
             cache = output.past_key_values
-            position = position + 1
+            position = torch.minimum(position + 1, last)
             for k, token in enumerate(current.tolist()):
                 made[k].append(token)
         return {r: made[k][:n] for k, (r, _, n) in enumerate(todo)}
