@@ -2,6 +2,8 @@
 
 Training is deterministic under the suite seed and runs once: the model is stored under the cache
 directory by the hash of recipe + data, then loaded through `hf-causal` like any checkpoint.
+With `init_from` (another recipe), training continues from that recipe's trained model, with its
+tokenizer and architecture: a fine-tuned model (e.g. one trained to avoid memorized suffixes).
 """
 
 from __future__ import annotations
@@ -66,6 +68,35 @@ class RecipeParams(Strict):
     training: TrainingRecipe = Field(default_factory=TrainingRecipe)
     batch_size: int = Field(32, ge=1, description="inference batch size")
     threads: int | None = Field(1, ge=1, description="torch threads at inference")
+    init_from: BaseRecipe | None = Field(None, description="a recipe whose trained model this one continues "
+                                                           "training (its tokenizer and architecture are kept); "
+                                                           "e.g. a YAML alias of another recipe model")
+
+    @model_validator(mode="after")
+    def _inherits_shape(self) -> RecipeParams:
+        base = self.init_from
+        if base is None:
+            return self
+        for key in ("tokenizer", "architecture"):
+            if key in self.model_fields_set and getattr(self, key) != getattr(base, key):
+                raise ValueError(f"{key} must match init_from's (a fine-tuned model keeps its base's {key}); "
+                                 f"leave it out")
+            setattr(self, key, getattr(base, key).model_copy())
+        return self
+
+    def dataset_names(self) -> list[str]:
+        """This recipe's dataset and those of the recipes it starts from."""
+        return [self.dataset, *(self.init_from.dataset_names() if self.init_from else [])]
+
+
+class BaseRecipe(RecipeParams):
+    """A recipe named by `init_from`; may carry `adapter: recipe` (so a YAML alias of a whole model
+    spec works)."""
+
+    adapter: Literal["recipe"] = "recipe"
+
+
+RecipeParams.model_rebuild()
 
 
 class Recipe(HFCausal):
@@ -83,7 +114,8 @@ class Recipe(HFCausal):
 
     @classmethod
     def dataset_refs(cls, params: BaseModel) -> list[tuple[str, str]]:
-        return [("dataset", params.dataset)]  # type: ignore[attr-defined]
+        names = params.dataset_names()  # type: ignore[attr-defined]
+        return [("dataset", names[0]), *(("init_from", name) for name in names[1:])]
 
     def identity(self) -> dict[str, Any]:
         ident = dict(super().identity())
@@ -92,15 +124,23 @@ class Recipe(HFCausal):
         return ident
 
 
-def recipe_hash(params: RecipeParams, data_fingerprint: str, seed: int) -> str:
+def recipe_hash(params: RecipeParams, data_fingerprint: str, seed: int, init_from: str | None = None) -> str:
+    """`init_from` is the hash of the recipe training starts from (absent for a model trained from
+    scratch, so those keep the hashes they always had)."""
     trained_on = params.model_dump(include={"tokenizer", "architecture", "training"})
+    if init_from is not None:
+        trained_on["init_from"] = init_from
     blob = json.dumps([RECIPE_FORMAT, trained_on, data_fingerprint, seed], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
 def trained_model_dir(params: RecipeParams, samples: list[Sample], context: AdapterContext) -> Path:
-    """The directory of the model this recipe makes, training it first if no cache holds it."""
-    key = recipe_hash(params, fingerprint(samples), context.seed)
+    """The directory of the model this recipe makes, training it first if no cache holds it (and
+    first the model it starts from, with `init_from`)."""
+    base = None
+    if params.init_from is not None:
+        base = trained_model_dir(params.init_from, context.load_dataset(params.init_from.dataset), context)
+    key = recipe_hash(params, fingerprint(samples), context.seed, base.name if base else None)
     final = context.cache_dir / "recipes" / key
     if (final / "recipe.json").exists():
         return final
@@ -108,10 +148,12 @@ def trained_model_dir(params: RecipeParams, samples: list[Sample], context: Adap
     final.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
     try:
-        context.log(f"training recipe model {key} on {len(samples)} documents")
-        log = train(params, list(iter_texts(samples)), context.seed, work)
-        (work / "recipe.json").write_text(json.dumps(
-            {"recipe_hash": key, "recipe": params.model_dump(), "seed": context.seed, "log": log}, indent=2))
+        start = f" from {base.name}" if base else ""
+        context.log(f"training recipe model {key}{start} on {len(samples)} documents")
+        log = train(params, list(iter_texts(samples)), context.seed, work, init=base)
+        info = {"recipe_hash": key, "recipe": params.model_dump(), "seed": context.seed,
+                **({"init_from": base.name} if base else {}), "log": log}
+        (work / "recipe.json").write_text(json.dumps(info, indent=2))
         try:
             work.rename(final)
         except OSError:  # another process finished the same recipe first; use theirs
@@ -158,20 +200,23 @@ def build_tokenizer(recipe: TokenizerRecipe, texts: list[str]) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=PAD)
 
 
-def train(params: RecipeParams, texts: list[str], seed: int, out: Path) -> list[dict[str, float]]:
-    """Train the model and save it (and its tokenizer) to `out`. Returns the per-epoch log."""
+def train(params: RecipeParams, texts: list[str], seed: int, out: Path, init: Path | None = None
+          ) -> list[dict[str, float]]:
+    """Train the model and save it (and its tokenizer) to `out`. Returns the per-epoch log. With
+    `init` (a trained recipe model's directory), training starts from that model and its tokenizer."""
     import torch
-    from transformers import GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
     arch, opts = params.architecture, params.training
-    tokenizer = build_tokenizer(params.tokenizer, texts)
+    tokenizer = (PreTrainedTokenizerFast.from_pretrained(init) if init is not None
+                 else build_tokenizer(params.tokenizer, texts))
     sequences = [ids[:arch.n_positions - 1] + [tokenizer.eos_token_id]
                  for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
-    config = gpt2_config(arch, tokenizer)
     log: list[dict[str, float]] = []
     with _Threads(opts.threads):
         torch.manual_seed(seed)
-        model = GPT2LMHeadModel(config)
+        model = (GPT2LMHeadModel.from_pretrained(init) if init is not None
+                 else GPT2LMHeadModel(gpt2_config(arch, tokenizer)))
         model.train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=opts.learning_rate, weight_decay=opts.weight_decay)
         steps_per_epoch = math.ceil(len(sequences) / opts.batch_size)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
 from conftest import TINY_RECIPE, tiny_texts
 
 from memeval.cache import OutputCache, sha256_file
@@ -56,3 +60,59 @@ def test_recipe_is_trained_once_and_keyed_by_data_and_seed(tmp_path):
     assert recipe_hash(p, "data-a", 0) != recipe_hash(p, "data-b", 0)
     # Inference-only settings do not retrain.
     assert recipe_hash(p, "x", 0) == recipe_hash(p.model_copy(update={"batch_size": 99}), "x", 0)
+
+
+def test_init_from_continues_training_the_base_model(tmp_path):
+    base_texts = tiny_texts(12)
+    tune_texts = [t.upper() for t in base_texts]
+    data = {"base": [Sample(id=str(i), text=t) for i, t in enumerate(base_texts)],
+            "tune": [Sample(id=str(i), text=t) for i, t in enumerate(tune_texts)]}
+    logs: list[str] = []
+    cache = OutputCache(tmp_path / "cache")
+    context = AdapterContext(base_dir=tmp_path, seed=0, cache=cache, cache_dir=tmp_path / "cache",
+                             load_dataset=data.__getitem__, log=logs.append)
+    base_raw = {**{k: v for k, v in TINY_RECIPE.items() if k != "adapter"}, "dataset": "base"}
+    base_raw["training"] = {**base_raw["training"], "epochs": 1}
+    tuned = RecipeParams.model_validate({"dataset": "tune", "init_from": {**base_raw, "adapter": "recipe"},
+                                         "training": {"epochs": 1, "batch_size": 8}})
+    assert tuned.architecture == RecipeParams.model_validate(base_raw).architecture  # inherited
+    assert Recipe.dataset_refs(tuned) == [("dataset", "tune"), ("init_from", "base")]
+    model = Recipe(tuned, context)
+    assert len(logs) == 2 and "from" in logs[1]  # the base first, then the fine-tuning
+    base = Recipe(RecipeParams.model_validate(base_raw), context)
+    assert len(logs) == 2  # the base was trained once, for the fine-tuned model
+    info = json.loads((Path(model.location) / "recipe.json").read_text())
+    assert info["init_from"] == Path(base.location).name == base.identity()["recipe"]
+    tokenizer = Path(model.location) / "tokenizer.json"  # the base's tokenizer, unchanged
+    assert tokenizer.read_text() == (Path(base.location) / "tokenizer.json").read_text()
+    assert model.tokenize(tune_texts) == base.tokenize(tune_texts)
+    # Starting from the base differs from training the same recipe from scratch on the same data.
+    scratch = tmp_path / "scratch"
+    train(RecipeParams.model_validate({**base_raw, "dataset": "tune", "training": tuned.training.model_dump()}),
+          tune_texts, seed=0, out=scratch)
+    weights = {p: sha256_file(Path(p) / "model.safetensors") for p in (model.location, base.location, scratch)}
+    assert len(set(weights.values())) == 3
+    # The base's hash is part of the fine-tuned model's: another base, another model.
+    other = tuned.model_copy(update={"init_from": tuned.init_from.model_copy(update={"training": tuned.training})})
+    assert recipe_hash(other, "x", 0, "base-b") != recipe_hash(tuned, "x", 0, "base-a")
+    assert recipe_hash(tuned, "x", 0) == recipe_hash(tuned.model_copy(update={"init_from": None}), "x", 0)
+
+
+def test_init_from_keeps_the_base_shape(tmp_path, run_cli):
+    with pytest.raises(ValueError, match="architecture must match init_from's"):
+        RecipeParams.model_validate({"dataset": "b", "architecture": {"n_layer": 3},
+                                     "init_from": {"dataset": "a"}})
+    with pytest.raises(ValueError, match="recipe"):
+        RecipeParams.model_validate({"dataset": "b", "init_from": {"dataset": "a", "adapter": "hf-causal"}})
+    (tmp_path / "a.jsonl").write_text('{"text": "x"}\n')
+    (tmp_path / "s.yaml").write_text("""
+memeval: 1
+suite: s
+datasets: {a: {loader: jsonl, path: a.jsonl}}
+models:
+  base: &base {adapter: recipe, dataset: a}
+  tuned: {adapter: recipe, dataset: a, init_from: {<<: *base, dataset: missing}}
+evaluations: [{id: l, method: lm.loss, model: tuned, dataset: a}]
+""")
+    code, _, err = run_cli("validate", tmp_path / "s.yaml")
+    assert code == 4 and "models.tuned.init_from: unknown dataset 'missing'" in err
