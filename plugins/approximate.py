@@ -20,6 +20,7 @@ import importlib.util
 import io
 import json
 import warnings
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -223,9 +224,9 @@ class BertScore:
     """BERTScore P/R/F1 through the `bert-score` library with a local encoder.
 
     Scores are cached in the output cache by encoder files, settings and the (candidate,
-    reference) strings, so a warm run loads no encoder. `bert_score` encodes each distinct
-    sentence of a call once (a reference shared by n generations, or by two models, is encoded
-    once) and sorts them by length.
+    reference) strings, so a warm run loads no encoder. Each distinct sentence of a call is encoded
+    once (a reference shared by n generations, or by two models, is encoded once), in batches
+    sorted by length.
     """
 
     def __init__(self, options: BertScoreOptions, resolve: Callable[[str], Path], references: list[str],
@@ -248,6 +249,7 @@ class BertScore:
                        (".json", ".safetensors", ".bin", ".txt", ".model"))
         digest = {str(f.relative_to(self.directory)): self.cache.file_digest(f) for f in files}
         settings = {"files": digest, "num_layers": self.options.layers(), "bert_score": version("bert-score"),
+                    "pairs": "unpadded",  # how _compute matches a pair
                     "idf": _digest(self.references) if self.options.idf else False,
                     "baseline": self.cache.file_digest(self.baseline) if self.baseline else None}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:24]
@@ -281,23 +283,48 @@ class BertScore:
         return np.stack([np.frombuffer(found[key], dtype=np.float64) for key in keys])
 
     def _compute(self, candidates: list[str], references: list[str]) -> np.ndarray:
-        """bert_score on the pairs where both sides have text. A blank side scores P = R = F1 = 0
-        before rescaling, as bert_score documents (its own code path for it fails under transformers
-        5)."""
-        values = np.zeros((len(candidates), 3))
+        """BERTScore of each pair as `bert_score` computes it for that pair alone.
+
+        `bert_score`'s own batched call pads the candidates and references of a batch with
+        zero-similarity positions, so a token whose similarities are all negative gets 0 instead,
+        and a pair's score depends (by up to ~0.004, measured) on which pairs share its batch. Here
+        the library embeds every distinct sentence once, in length-sorted batches
+        (`get_bert_embedding`), and matches each pair unpadded (`greedy_cos_idf`). A blank side
+        scores P = R = F1 = 0 before rescaling, as bert_score documents (its own code path for a
+        blank string fails under transformers 5).
+        """
+        import torch
+        from bert_score.utils import get_bert_embedding, greedy_cos_idf
+
         scorer = self.scorer()
+        model, tokenizer = scorer._model, scorer._tokenizer
+        if self.options.idf:
+            weights = scorer._idf_dict
+        else:  # bert_score's weights without IDF
+            weights = defaultdict(lambda: 1.0, {tokenizer.sep_token_id: 0.0, tokenizer.cls_token_id: 0.0})
+        full = [i for i, (c, r) in enumerate(zip(candidates, references, strict=True)) if c.strip() and r.strip()]
+        sentences = sorted({text for i in full for text in (candidates[i], references[i])},
+                           key=lambda text: len(text.split(" ")), reverse=True)  # bert_score's order
+        stats: dict[str, tuple[Any, Any]] = {}
+        values = torch.zeros((len(candidates), 3))
+        with _Threads(self.options.threads), torch.no_grad():
+            for start in range(0, len(sentences), self.options.batch_size):
+                chunk = sentences[start:start + self.options.batch_size]
+                embedding, mask, idf = get_bert_embedding(chunk, model, tokenizer, weights, device=scorer.device)
+                for row, text in enumerate(chunk):
+                    n = int(mask[row].sum())
+                    stats[text] = (embedding[row, :n].cpu(), idf[row, :n].cpu())
+            for i in full:
+                (ref, ref_idf), (hyp, hyp_idf) = stats[references[i]], stats[candidates[i]]
+                p, r, f = greedy_cos_idf(ref[None].clone(), torch.ones(1, len(ref)), ref_idf[None].clone(),
+                                         hyp[None].clone(), torch.ones(1, len(hyp)), hyp_idf[None].clone())
+                values[i] = torch.stack([p[0], r[0], f[0]])
         if scorer.rescale_with_baseline:
             with warnings.catch_warnings():  # bert_score makes a tensor of a read-only array
                 warnings.simplefilter("ignore", UserWarning)
-                baseline = scorer.baseline_vals.double().numpy()
-            values[:] = (values - baseline) / (1 - baseline)
-        full = [i for i, (c, r) in enumerate(zip(candidates, references, strict=True)) if c.strip() and r.strip()]
-        if full:
-            with _Threads(self.options.threads), contextlib.redirect_stderr(io.StringIO()):
-                p, r, f = scorer.score([candidates[i] for i in full], [references[i] for i in full],
-                                       batch_size=self.options.batch_size)
-            values[full] = np.stack([p.double().numpy(), r.double().numpy(), f.double().numpy()], axis=1)
-        return values
+                baseline = scorer.baseline_vals
+            values = (values - baseline) / (1 - baseline)
+        return values.double().numpy()
 
 
 def _digest(texts: list[str]) -> str:

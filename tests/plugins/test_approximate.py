@@ -132,11 +132,13 @@ def test_scores_equal_direct_sacrebleu_and_bert_score_calls(tmp_path, run_cli, c
         assert r["chrf"] == pytest.approx(sacrebleu.sentence_chrf(r["generation"], [r["truth"]]).score / 100, abs=1e-12)
         assert r["edits"] == reference_levenshtein(tuple(r["generated_ids"]), tuple(r["suffix_ids"]))
         assert r["edit_distance"] == pytest.approx(r["edits"] / 16)
-    p, rc, f = bert_score.score([gens[i] for i in full], [truths[i] for i in full], model_type=encoder_path(),
-                                num_layers=6)
-    np.testing.assert_allclose([sim[i]["bertscore_precision"] for i in full], p.numpy(), atol=1e-5)
-    np.testing.assert_allclose([sim[i]["bertscore_recall"] for i in full], rc.numpy(), atol=1e-5)
-    np.testing.assert_allclose([sim[i]["bertscore_f1"] for i in full], f.numpy(), atol=1e-5)
+    # Each pair as bert_score scores it alone (in a batch, its padding can lift a pair's score).
+    plain = bert_score.BERTScorer(model_type=encoder_path(), num_layers=6)
+    for i in full:
+        p, rc, f = (x.item() for x in plain.score([gens[i]], [truths[i]]))
+        r = sim[i]
+        assert (r["bertscore_precision"], r["bertscore_recall"], r["bertscore_f1"]) == pytest.approx((p, rc, f),
+                                                                                                      abs=1e-5)
 
     # Non-default options: sacrebleu's char tokenizer, chrF++, word edit distance, IDF weights over
     # the references, rescaling with a baseline file.
@@ -151,13 +153,14 @@ def test_scores_equal_direct_sacrebleu_and_bert_score_calls(tmp_path, run_cli, c
     scorer = bert_score.BERTScorer(model_type=encoder_path(), num_layers=6, idf=True, idf_sents=truths,
                                    rescale_with_baseline=True, baseline_path=str(tmp_path / "baseline.csv"),
                                    lang="en")
-    p, rc, f = scorer.score([gens[i] for i in full], [truths[i] for i in full])
-    np.testing.assert_allclose([options[i]["bertscore_f1"] for i in full], f.numpy(), atol=1e-5)
-    np.testing.assert_allclose([options[i]["bertscore_precision"] for i in full], p.numpy(), atol=1e-5)
+    rescaled = np.array([[x.item() for x in scorer.score([gens[i]], [truths[i]])] for i in full])
+    np.testing.assert_allclose([[options[i][f"bertscore_{k}"] for k in ("precision", "recall", "f1")]
+                                for i in full], rescaled, atol=1e-5)
+    f = rescaled[:, 2]
     for r in options:
         if not r["generation"].strip():  # raw 0, rescaled with layer 6's baseline: (0 - b) / (1 - b)
             assert r["bertscore_f1"] == pytest.approx(-0.41 / 0.59)
-    assert min(f.numpy()) < 0 < max(f.numpy()), "rescaling should move some scores below 0"
+    assert min(f) < 0 < max(f), "rescaling should move some scores below 0"
 
     # Criteria verdicts and metrics, recomputed from the per-sample scores.
     limits = {"bleu": 0.3, "chrf": 0.5, "bertscore": 0.2, "edit_distance": 0.5}
@@ -203,6 +206,32 @@ def evaluated_texts(train: list[str]) -> list[str]:
         k = next(j for j in range(8 + i % 8, 24) if text[j].isalpha())
         changed.append(text[:k] + ("q" if text[k] != "q" else "z") + text[k + 1:])
     return long + changed + [" ".join(reversed(t.split())) for t in long[:8]]
+
+
+def test_a_pairs_bertscore_does_not_depend_on_its_batch(tmp_path):
+    """bert_score pads the pairs of a batch, and the padding's zero similarity beats a token whose
+    similarities are all negative: a pair next to a longer one can score higher. memeval scores each
+    pair unpadded, as bert_score does a pair alone."""
+    from bert_score import BERTScorer
+
+    from memeval.cache import OutputCache
+    from memeval_plugins.approximate import BertScore, BertScoreOptions
+
+    rng = random.Random(0)
+    candidates = ["".join(rng.choice(string.ascii_lowercase + " ") for _ in range(40)) for _ in range(12)]
+    references = [" ".join(rng.choice(WORDS[:12]) for _ in range(6)) for _ in range(12)]
+    longer = (" ".join(WORDS * 2), " ".join(WORDS[::-1] * 2))
+    ours = BertScore(BertScoreOptions(), Path, references, OutputCache(tmp_path, "off"))
+    together = ours([*candidates, longer[0]], [*references, longer[1]])[:-1]
+    alone = np.concatenate([ours([c], [r]) for c, r in zip(candidates, references, strict=True)])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    library = BERTScorer(model_type=encoder_path(), num_layers=6)
+    single = np.array([[x.item() for x in library.score([c], [r])] for c, r in zip(candidates, references,
+                                                                                    strict=True)])
+    np.testing.assert_allclose(alone, single, atol=1e-5)
+    batched = np.stack([x.numpy() for x in library.score([*candidates, longer[0]], [*references, longer[1]])],
+                       axis=1)[:-1]
+    assert np.abs(batched - single).max() > 1e-4  # the library's batch effect (float noise: 1e-7)
 
 
 def check_metrics(run, evaluation, recs, thresholds):
