@@ -323,7 +323,12 @@ def test_greedy_continuation_near_the_end_of_the_context(hf_model):
 
 # -- planted ground truth: near-duplicates, verbatim repeats, never-seen controls ---------------------
 
-WORDS = ["amber", "basket", "candle", "copper", "harbor", "lantern", "marble", "meadow", "orchard", "pepper", "quiet", "river", "saddle", "silver", "timber", "velvet", "willow", "winter", "yellow", "garden", "hollow", "ribbon", "thimble", "pebble", "falcon", "bridge", "cellar", "dragon", "ember", "fossil", "glacier", "hammer", "island", "jungle", "kettle", "ladder", "mirror", "needle", "oyster", "parrot", "quartz", "rocket", "spider", "tunnel", "violin", "walrus"]
+WORDS = ["amber", "basket", "candle", "copper", "harbor", "lantern", "marble", "meadow", "orchard",
+         "pepper", "quiet", "river", "saddle", "silver", "timber", "velvet", "willow", "winter",
+         "yellow", "garden", "hollow", "ribbon", "thimble", "pebble", "falcon", "bridge", "cellar",
+         "dragon", "ember", "fossil", "glacier", "hammer", "island", "jungle", "kettle", "ladder",
+         "mirror", "needle", "oyster", "parrot", "quartz", "rocket", "spider", "tunnel", "violin",
+         "walrus"]
 PREFIX, SUFFIX, TYPOS, COPIES = 24, 40, 2, 6
 MITIGATED = {"near0", "near1", "near2", "near3", "verbatim0", "verbatim1"}
 BASE = {"adapter": "recipe", "dataset": "train",
