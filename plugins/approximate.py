@@ -36,7 +36,8 @@ from memeval.errors import UsageError
 from memeval.method import Method, MetricSpec
 from memeval.models.hf_causal import _Threads
 from memeval.registry import Registry
-from memeval.results import Metric
+from memeval.report.sections import ComparedSample, Comparison, Histogram, Records, Section, Table
+from memeval.results import EvaluationResult, Metric
 from memeval.stats import mean_metric, rate_metric
 from memeval_plugins.extraction import (
     PrefixSuffixParams,
@@ -767,3 +768,60 @@ def fluency(scoring: Any, model: Any, units: list[dict[str, Any]], generations: 
 def memeval_register(registry: Registry) -> None:
     registry.add_method(Similarity)
     registry.add_method(Compare)
+
+
+# -- report sections -------------------------------------------------------------------------------
+
+TOP_N = 10
+
+
+@hookimpl
+def memeval_report_sections(evaluation: EvaluationResult, records: Records) -> list[Section] | None:
+    if evaluation.method == Similarity.name:
+        return similarity_sections(evaluation, records)
+    if evaluation.method == Compare.name:
+        return compare_sections(evaluation, records)
+    return None
+
+
+def _histograms(distributions: dict[str, Any], prefix: str = "") -> list[Histogram]:
+    return [Histogram(f"{prefix}{name}", name.replace("_", " "), d["edges"], d["counts"])
+            for name, d in distributions.items()]
+
+
+def _scores(side: dict[str, Any]) -> dict[str, Any]:
+    shown = {"exact": side["exact"], "approximate": side["approximate_any"]}
+    return shown | {name: side[name] for name in SCORE_NAMES if name in side}
+
+
+def similarity_sections(evaluation: EvaluationResult, records: Records) -> list[Section]:
+    criteria = evaluation.artifacts.get("criteria", [])
+    blocks: list = [Table(["criterion", "score", "rule", "threshold", "approximate", "of which not verbatim",
+                           "rate", "95% CI"],
+                          [[c["criterion"], c["score"], c["rule"], c["threshold"], c["n_approximate"],
+                            c["n_approx_not_verbatim"], c["rate"], f"[{c['ci_low']:.3g}, {c['ci_high']:.3g}]"]
+                           for c in criteria], title="Approximate memorization by criterion")]
+    blocks += _histograms(evaluation.artifacts.get("score_distributions", {}))
+    closest = records.top(TOP_N, key=lambda r: (r["approx_not_verbatim"], r["approximate_any"], -r.get(
+        "edit_distance", 0.0), r.get("chrf", 0.0)))
+    blocks.append(Comparison("Closest generations: approximately memorized first, verbatim ones last",
+                             [ComparedSample(r["id"], r["truth"], r["generation"], r["prefix"], _scores(r)) for r in closest],
+                             "true suffix", "generation"))
+    return [Section("Approximate memorization", blocks,
+                    "approximate but not verbatim: what an exact-match check would have called safe")]
+
+
+def compare_sections(evaluation: EvaluationResult, records: Records) -> list[Section]:
+    criteria = evaluation.artifacts.get("criteria", [])
+    blocks: list = [Table(["criterion", "rule", "threshold", "base rate", "mitigated rate", "reduction", "95% CI"],
+                          [[c["criterion"], c["rule"], c["threshold"], c["base_rate"], c["mitigated_rate"],
+                            c["reduction"], f"[{c['ci_low']:.3g}, {c['ci_high']:.3g}]"] for c in criteria],
+                          title="Reduction by criterion (paired: the same prefixes)")]
+    blocks += _histograms(evaluation.artifacts.get("perplexity", {}), "perplexity of the generations: ")
+    top = records.top(TOP_N, key=lambda r: (r["base"]["approximate_any"], r["base"].get("chrf", 0.0)))
+    for side in ("base", "mitigated"):
+        blocks.append(Comparison(f"{side} model: most memorized by the base model",
+                                 [ComparedSample(r["id"], r[side].get("truth", r["truth"]), r[side]["generation"],
+                                                 r["prefix"], _scores(r[side]) | {"perplexity": r[side]["perplexity"]})
+                                  for r in top], "true suffix", f"{side} generation"))
+    return [Section("Mitigation", blocks)]

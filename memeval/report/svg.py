@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from memeval.report.sections import Histogram, LinePlot
 
-WIDTH, HEIGHT = 560, 320
+WIDTH, HEIGHT = 520, 300
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 58, 16, 14, 44
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
