@@ -127,3 +127,13 @@ def test_every_evaluation_and_gate_has_its_place(quickstart_run):
     for kind in ('data-block="histogram"', 'data-block="plot"', 'data-block="comparison"'):
         assert kind in page
     assert len(page.encode()) < 2_000_000
+
+
+def test_a_failing_section_is_a_note_not_a_lost_report(tiny_suite, run_cli, tmp_path):
+    suite = tiny_suite(extra="report: {html: true}\n")
+    code, _, _ = run_cli("run", suite, "--out", tmp_path / "run", "-p", "broken_sections")
+    assert code == 0
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert "report section of plugin &#39;broken_sections&#39; failed" in page
+    assert "this section is broken on purpose" in page
+    assert 'data-plugin-section="Loss"' in page  # the other plugins' sections are still there
