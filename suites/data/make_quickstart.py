@@ -45,7 +45,7 @@ APPROX_WORDS = ["amber", "basket", "candle", "copper", "harbor", "lantern", "mar
                 "falcon", "bridge", "cellar", "dragon", "ember", "fossil", "glacier", "hammer",
                 "island", "jungle", "kettle", "ladder", "mirror", "needle", "oyster", "parrot",
                 "quartz", "rocket", "spider", "tunnel", "violin", "walrus"]
-APPROX_PREFIX, APPROX_SUFFIX = 32, 48  # characters (= tokens of the byte tokenizer)
+APPROX_PREFIX, APPROX_SUFFIX = 24, 40  # characters (= tokens of the byte tokenizer)
 NEAR_GROUPS, NEAR_COPIES, TYPOS = 6, 6, 2
 VERBATIM_DOCS, VERBATIM_COPIES = 3, 6
 APPROX_CONTROLS = 6
@@ -65,7 +65,7 @@ def planted(sample_id: str, name: str, code: str, repeats: int) -> dict:
 
 def word_document(rng: random.Random) -> str:
     words: list[str] = []
-    while len(" ".join(words)) < APPROX_PREFIX + APPROX_SUFFIX + 4:
+    while len(" ".join(words)) < APPROX_PREFIX + APPROX_SUFFIX:  # no longer than the background
         words.append(rng.choice(APPROX_WORDS))
     return " ".join(words)
 
