@@ -117,8 +117,10 @@ class DecodingParams(PrefixSuffixParams):
 class ScoringParams(DecodingParams):
     criteria: list[Criterion] | None = Field(None, description="default: all of bleu, chrf, bertscore, "
                                                                "edit_distance")
-    thresholds: Thresholds = Field(default_factory=Thresholds)
-    bertscore: BertScoreOptions = Field(default_factory=BertScoreOptions)
+    thresholds: Thresholds = Field(default_factory=Thresholds, description="per criterion: when a sample is "
+                                                                            "approximately memorized")
+    bertscore: BertScoreOptions = Field(default_factory=BertScoreOptions, description="BERTScore encoder and "
+                                                                                      "options")
     bleu_tokenize: BLEU_TOKENIZERS = Field("13a", description="sacrebleu tokenizer for BLEU")
     chrf_word_order: int = Field(0, ge=0, le=2, description="0: chrF, 2: chrF++")
     edit_unit: Literal["tokens", "words"] = Field("tokens", description="edit distance over the model's tokens, "

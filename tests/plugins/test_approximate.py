@@ -433,6 +433,8 @@ def test_compare_shows_the_reduction_of_a_mitigated_model(tmp_path, run_cli, cac
   - {{id: base, method: approximate.similarity, model: base, dataset: members, params: {{{params}}}}}
   - {{id: compare, method: approximate.compare, model: base, dataset: members,
      params: {{{params}, mitigated_model: mitigated}}}}
+  - {{id: other-scorer, method: approximate.compare, model: base, dataset: members,
+     params: {{{params}, mitigated_model: mitigated, scoring_model: mitigated, criteria: [edit_distance]}}}}
 """)
     assert run_cli("run", suite, "--out", tmp_path / "run")[0] == 0
     run = tmp_path / "run"
@@ -456,20 +458,20 @@ def test_compare_shows_the_reduction_of_a_mitigated_model(tmp_path, run_cli, cac
     assert metrics["reduction_edit_distance"]["value"] == pytest.approx(6 / 9)
     assert metrics["reduction_edit_distance"]["ci_low"] > 0.2
     assert metrics["reduction_exact"]["value"] == pytest.approx(2 / 9)
-    # Fluency: perplexity of each generation given its prefix under the scoring model (the base).
-    base_dir = read_run(run)["models"]["base"]["path"]
-    scorer = AutoModelForCausalLM.from_pretrained(base_dir).eval()
-    tok = AutoTokenizer.from_pretrained(base_dir)
+    # Fluency: perplexity of each generation given its prefix under the scoring model: the base (its
+    # own token ids), or another model (the texts, retokenized).
     truth = {m["id"]: m["text"] for m in map(json.loads, (tmp_path / "members.jsonl").open())}
-    for r in recs:
-        prompt = tok(truth[r["id"]]).input_ids[:PREFIX + 1]
-        for side in ("base", "mitigated"):
-            generated = tok(r[side]["generation"], add_special_tokens=False).input_ids
-            ids = torch.tensor([prompt + generated])
-            with torch.no_grad():
-                logprobs = scorer(ids).logits[0, :-1].double().log_softmax(-1)
-            nll = -logprobs[torch.arange(len(prompt) - 1, ids.shape[1] - 1), ids[0, len(prompt):]].mean().item()
-            assert r[side]["perplexity"] == pytest.approx(math.exp(nll), rel=1e-4)
+    for evaluation, scoring in (("compare", "base"), ("other-scorer", "mitigated")):
+        path = read_run(run)["models"][scoring]["path"]
+        scorer, tok = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+        for r in records(run, evaluation):
+            prompt = tok(truth[r["id"]]).input_ids[:PREFIX + 1]
+            for side in ("base", "mitigated"):
+                ids = torch.tensor([prompt + tok(r[side]["generation"], add_special_tokens=False).input_ids])
+                with torch.no_grad():
+                    logprobs = scorer(ids).logits[0, :-1].double().log_softmax(-1)
+                nll = -logprobs[torch.arange(len(prompt) - 1, ids.shape[1] - 1), ids[0, len(prompt):]].mean()
+                assert r[side]["perplexity"] == pytest.approx(math.exp(nll.item()), rel=1e-4)
     increase = np.mean([r["mitigated"]["perplexity"] - r["base"]["perplexity"] for r in recs])
     assert metrics["perplexity_increase"]["value"] == pytest.approx(increase)
     assert metrics["perplexity_increase"]["value"] > 0  # the base model finds the new suffixes less likely
