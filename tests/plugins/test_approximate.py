@@ -479,3 +479,9 @@ def test_compare_shows_the_reduction_of_a_mitigated_model(tmp_path, run_cli, cac
     recipe = json.loads((Path(models["mitigated"]["path"]) / "recipe.json").read_text())
     assert recipe["init_from"] == models["base"]["recipe"] != models["mitigated"]["recipe"]
     assert [row["criterion"] for row in result["artifacts"]["criteria"]][-2:] == ["any", "exact"]
+    # The report shows the mitigation: both models' outputs for the base model's most memorized.
+    assert run_cli("report", run, "--format", "html")[0] == 0
+    page = (run / "report.html").read_text()
+    assert page.count('data-plugin-section="Mitigation"') == 2
+    assert page.count('data-plugin-section="Approximate memorization"') == 1
+    assert "mitigated generation" in page and "base generation" in page
