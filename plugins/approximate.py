@@ -34,7 +34,7 @@ from memeval.cache import OutputCache, output_key
 from memeval.data import Sample
 from memeval.errors import UsageError
 from memeval.method import Method, MetricSpec
-from memeval.models.hf_causal import _Threads
+from memeval.models.hf_causal import TorchThreads
 from memeval.registry import Registry
 from memeval.report.sections import ComparedSample, Comparison, Histogram, Records, Section, Table
 from memeval.results import EvaluationResult, Metric
@@ -263,7 +263,7 @@ class BertScore:
 
             o = self.options
             idf_sents = [r for r in self.references if r.strip()] if o.idf else None  # blanks crash bert_score
-            with _Threads(o.threads), contextlib.redirect_stderr(io.StringIO()):  # its load progress bar
+            with TorchThreads(o.threads), contextlib.redirect_stderr(io.StringIO()):  # its load progress bar
                 self._scorer = BERTScorer(
                     model_type=str(self.directory), num_layers=o.layers(), batch_size=o.batch_size, nthreads=0,
                     idf=o.idf, idf_sents=idf_sents, device=o.device, lang="en" if o.rescale_with_baseline else None,
@@ -310,7 +310,7 @@ class BertScore:
                            key=lambda text: len(text.split(" ")), reverse=True)  # bert_score's order
         stats: dict[str, tuple[Any, Any]] = {}
         values = torch.zeros((len(candidates), 3))
-        with _Threads(self.options.threads), torch.no_grad():
+        with TorchThreads(self.options.threads), torch.no_grad():
             for start in range(0, len(sentences), self.options.batch_size):
                 chunk = sentences[start:start + self.options.batch_size]
                 embedding, mask, idf = get_bert_embedding(chunk, model, tokenizer, weights, device=scorer.device)

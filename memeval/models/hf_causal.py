@@ -206,8 +206,8 @@ class HFCausal(CausalLM):
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)
 
-    def _threads(self) -> _Threads:
-        return _Threads(self.params.threads)
+    def _threads(self) -> TorchThreads:
+        return TorchThreads(self.params.threads)
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[TokenScores]:
         """Teacher-forced statistics of every sequence; one forward pass per batch of similar length."""
@@ -510,7 +510,7 @@ def _token_scores(logits: Any, targets: Any, lengths: list[int]) -> list[TokenSc
             for row, n in enumerate(lengths)]
 
 
-class _Threads:
+class TorchThreads:
     """Temporarily set torch's CPU thread count (tiny models run fastest on one thread)."""
 
     def __init__(self, threads: int | None):

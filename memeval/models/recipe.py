@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from memeval.data import Sample, fingerprint, iter_texts
 from memeval.models.base import AdapterContext
-from memeval.models.hf_causal import HFCausal, HFCausalParams, _Threads
+from memeval.models.hf_causal import HFCausal, HFCausalParams, TorchThreads
 
 RECIPE_FORMAT = 2  # bump when training changes in a way that should retrain cached models
 BOS = "<|endoftext|>"
@@ -213,7 +213,7 @@ def train(params: RecipeParams, texts: list[str], seed: int, out: Path, init: Pa
     sequences = [ids[:arch.n_positions - 1] + [tokenizer.eos_token_id]
                  for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
     log: list[dict[str, float]] = []
-    with _Threads(opts.threads):
+    with TorchThreads(opts.threads):
         torch.manual_seed(seed)
         model = (GPT2LMHeadModel.from_pretrained(init) if init is not None
                  else GPT2LMHeadModel(gpt2_config(arch, tokenizer)))
