@@ -70,6 +70,12 @@ class ReportContext:
         return format_value(value)
 
 
+def write_if_asked(name: str, reporter: type, session: Any, result: RunResult) -> None:
+    """At the end of a run: write `reporter`'s file when the suite's `report:` asks for `name`."""
+    if name in session.suite.spec.report.formats():
+        reporter().write(ReportContext.of_session(session, result))
+
+
 def format_value(value: Any) -> str:
     if value is None:
         return "n/a"

@@ -11,7 +11,7 @@ from typing import Any
 from memeval import hookimpl
 from memeval.registry import Registry
 from memeval.report import svg
-from memeval.report.base import ReportContext, templates
+from memeval.report.base import ReportContext, templates, write_if_asked
 from memeval.report.sections import (
     Block,
     ComparedSample,
@@ -107,5 +107,4 @@ def memeval_register(registry: Registry) -> None:
 
 @hookimpl
 def memeval_sessionfinish(session, result: RunResult, exitstatus: int) -> None:
-    if "html" in session.suite.spec.report.formats():
-        HtmlReporter().write(ReportContext.of_session(session, result))
+    write_if_asked("html", HtmlReporter, session, result)

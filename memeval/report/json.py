@@ -6,7 +6,7 @@ from pathlib import Path
 
 from memeval import hookimpl
 from memeval.registry import Registry
-from memeval.report.base import ReportContext
+from memeval.report.base import ReportContext, write_if_asked
 from memeval.results import RunResult
 
 
@@ -28,5 +28,4 @@ def memeval_register(registry: Registry) -> None:
 
 @hookimpl(tryfirst=True)  # run.json first: a failing reporter after it must not cost the results
 def memeval_sessionfinish(session, result: RunResult, exitstatus: int) -> None:
-    if "json" in session.suite.spec.report.formats():
-        JsonReporter().write(ReportContext.of_session(session, result))
+    write_if_asked("json", JsonReporter, session, result)

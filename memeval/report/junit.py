@@ -11,7 +11,7 @@ from pathlib import Path
 
 from memeval import hookimpl
 from memeval.registry import Registry
-from memeval.report.base import ReportContext, format_value
+from memeval.report.base import ReportContext, format_value, write_if_asked
 from memeval.results import EvaluationResult, GateVerdict, Metric, RunResult
 
 NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -103,5 +103,4 @@ def memeval_register(registry: Registry) -> None:
 
 @hookimpl
 def memeval_sessionfinish(session, result: RunResult, exitstatus: int) -> None:
-    if "junit" in session.suite.spec.report.formats():
-        JunitReporter().write(ReportContext.of_session(session, result))
+    write_if_asked("junit", JunitReporter, session, result)

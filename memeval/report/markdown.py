@@ -10,7 +10,7 @@ from typing import Any
 
 from memeval import hookimpl
 from memeval.registry import Registry
-from memeval.report.base import ReportContext, templates
+from memeval.report.base import ReportContext, templates, write_if_asked
 from memeval.report.sections import Comparison, Sensitive, Table
 from memeval.results import RunResult
 
@@ -67,5 +67,4 @@ def memeval_register(registry: Registry) -> None:
 
 @hookimpl
 def memeval_sessionfinish(session, result: RunResult, exitstatus: int) -> None:
-    if "markdown" in session.suite.spec.report.formats():
-        MarkdownReporter().write(ReportContext.of_session(session, result))
+    write_if_asked("markdown", MarkdownReporter, session, result)
