@@ -107,8 +107,10 @@ def test_sigkill_then_rerun_recomputes_nothing_finished(tmp_path, slow_model_dir
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_writes_an_interrupted_run_and_exits_2(tmp_path, slow_model_dir, sig):
-    texts = [f"{i} " + "abc def " * (1 + i % 7) for i in range(N_SAMPLES)]
+    # Far more work than can finish before the signal lands, however fast the machine.
+    texts = [f"{i} " + "abc def " * (1 + i % 7) for i in range(20 * N_SAMPLES)]
     proc = start_and_wait(loss_suite(tmp_path, slow_model_dir, texts), tmp_path / "run", tmp_path / "cache", rows=20)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == 2
     run = read_run(tmp_path / "run")
