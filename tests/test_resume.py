@@ -27,10 +27,17 @@ def slow_model_dir(tmp_path_factory):
     return out
 
 
+def default_sigint() -> None:
+    """A shell starts background jobs with SIGINT ignored, and Python keeps an inherited SIG_IGN
+    (as `nohup` relies on); give the child the default so it gets its KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def memeval(*args, cache, **kwargs):
     env = {**os.environ, "MEMEVAL_CACHE_DIR": str(cache), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "memeval", "run", *map(str, args), "-q"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint, **kwargs)
 
 
 def cached_rows(cache) -> int:
