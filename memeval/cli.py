@@ -182,22 +182,13 @@ def cmd_report(config: Config) -> ExitCode:
 
 
 def cmd_compare(config: Config) -> ExitCode:
-    from memeval.compare import (
-        SavedRun,
-        compare_runs,
-        comparison_record,
-        format_rows,
-        gate_tolerances,
-    )
+    from memeval.compare import SavedRun, compare_runs, comparison_record, format_rows
 
     options = config.options
     if options.tolerance < 0:
         raise UsageError(f"--tolerance must be >= 0, got {options.tolerance}")
     base, new = SavedRun.load(options.base), SavedRun.load(options.new)
-    methods = {name: config.registry.get("method", name) for name in config.registry.names("method")}
-    directions = {(e.id, m.name): m.higher_is_worse for e in new.run.evaluations for m in e.metrics}
-    tolerances = gate_tolerances(new.run.config.get("suite", {}), directions)
-    rows = compare_runs(base, new, methods, options.tolerance, tolerances, seed=new.run.suite.get("seed") or 0)
+    rows = compare_runs(base, new, config.registry, options.tolerance)
     record = comparison_record(base, rows)
     if options.json:
         print(json.dumps(record, indent=2))

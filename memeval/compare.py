@@ -19,6 +19,7 @@ from scipy import stats
 
 from memeval.errors import UsageError
 from memeval.method import MetricSpec
+from memeval.registry import Registry
 from memeval.report.sections import Records
 from memeval.results import RUN_SCHEMA_VERSION, EvaluationResult, Metric, RunResult, load_run
 from memeval.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES
@@ -70,21 +71,20 @@ def check_comparable(base: SavedRun, new: SavedRun) -> None:
                          f"{new.directory} ran {names[1]!r}")
 
 
-def compare_runs(base: SavedRun, new: SavedRun, specs: dict[str, type] | None = None,
-                 tolerance: float = 0.0, gate_tolerances: dict[tuple[str, str], float] | None = None,
-                 seed: int = 0) -> list[MetricDelta]:
-    """Every metric of every evaluation the two runs share. `specs` maps method names to method
-    classes (for per-sample pairing); `gate_tolerances` (evaluation, metric) -> allowed worsening
-    overrides `tolerance` where the suite's baseline gates set one."""
+def compare_runs(base: SavedRun, new: SavedRun, registry: Registry, tolerance: float = 0.0) -> list[MetricDelta]:
+    """Every metric of every evaluation the two runs share. The registry's method classes say which
+    metrics can be paired per sample; the new run's baseline gates set the allowed worsening of
+    their metrics, `tolerance` that of the others."""
     check_comparable(base, new)
-    specs, gate_tolerances = specs or {}, gate_tolerances or {}
+    allowed_by_gate = gate_tolerances(new.run)
+    seed = new.run.suite.get("seed") or 0
     old = {e.id: e for e in base.run.evaluations}
     rows = []
     for evaluation in new.run.evaluations:
         before = old.get(evaluation.id)
-        method = specs.get(evaluation.method)
+        method = registry.get("method", evaluation.method) if evaluation.method in registry.names("method") else None
         for metric in evaluation.metrics:
-            allowed = gate_tolerances.get((evaluation.id, metric.name), tolerance)
+            allowed = allowed_by_gate.get((evaluation.id, metric.name), tolerance)
             previous = before.metric(metric.name) if before is not None else None
             if previous is None:
                 rows.append(MetricDelta(evaluation.id, metric.name, None, metric.value, None,
@@ -163,14 +163,15 @@ def _finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def gate_tolerances(suite_config: dict[str, Any], higher_is_worse: dict[tuple[str, str], bool | None]
-                    ) -> dict[tuple[str, str], float]:
-    """Allowed worsening per (evaluation, metric) from the suite's baseline-relative gates."""
+def gate_tolerances(run: RunResult) -> dict[tuple[str, str], float]:
+    """Allowed worsening per (evaluation, metric) from the run's baseline-relative gates: the
+    `max_increase` of a higher-is-worse metric, the `max_decrease` of a lower-is-worse one."""
+    directions = {(e.id, m.name): m.higher_is_worse for e in run.evaluations for m in e.metrics}
     out = {}
-    for evaluation in suite_config.get("evaluations", []):
+    for evaluation in run.config.get("suite", {}).get("evaluations", []):
         for gate in evaluation.get("gates", []):
             key = (evaluation["id"], gate["metric"])
-            worse_up = higher_is_worse.get(key)
+            worse_up = directions.get(key)
             allowed = gate.get("max_increase") if worse_up else gate.get("max_decrease") if worse_up is False else None
             if allowed is not None:
                 out[key] = float(allowed)

@@ -24,7 +24,7 @@ from typing import IO, Any
 from memeval import __version__, hookimpl
 from memeval.cache import OutputCache
 from memeval.collect import Item, apply_baseline_override, apply_model_overrides, collect
-from memeval.compare import SavedRun, compare_runs, comparison_record, gate_tolerances
+from memeval.compare import SavedRun, compare_runs, comparison_record
 from memeval.config import Config
 from memeval.data import Sample, rows_to_samples, stream_texts
 from memeval.errors import ExitCode, UsageError
@@ -274,11 +274,7 @@ def load_and_collect(config: Config, path: str) -> tuple[SuiteFile, list[Item]]:
 def compare_with_baseline(config: Config, session: Session) -> dict[str, Any]:
     """The run against `--baseline`: every shared metric's change, with paired CIs where possible."""
     base = SavedRun.load(config.options.baseline)
-    new = SavedRun(session.result, session.out_dir)
-    methods = {name: config.registry.get("method", name) for name in config.registry.names("method")}
-    directions = {(e.id, m.name): m.higher_is_worse for e in session.result.evaluations for m in e.metrics}
-    tolerances = gate_tolerances(session.result.config.get("suite", {}), directions)
-    return comparison_record(base, compare_runs(base, new, methods, gate_tolerances=tolerances, seed=session.seed))
+    return comparison_record(base, compare_runs(base, SavedRun(session.result, session.out_dir), config.registry))
 
 
 def run_suite(config: Config, path: str, out_dir: Path) -> ExitCode:

@@ -41,7 +41,6 @@ class GateSpec(Strict):
 
     @model_validator(mode="after")
     def _has_a_threshold(self) -> GateSpec:
-        relative = self.max_increase is not None or self.max_decrease is not None
         numbers = {k: v for k, v in self.model_dump().items() if isinstance(v, float)}
         for key, value in numbers.items():
             if not math.isfinite(value):
@@ -51,9 +50,9 @@ class GateSpec(Strict):
         for key in ("max_increase", "max_decrease"):
             if numbers.get(key, 0.0) < 0:
                 raise ValueError(f"'{key}' must be >= 0")
-        if self.baseline is not None and not relative:
+        if self.baseline is not None and not self.relative:
             raise ValueError("'baseline' needs 'max_increase' or 'max_decrease'")
-        if self.min is None and self.max is None and not relative:
+        if self.min is None and self.max is None and not self.relative:
             raise ValueError("a gate needs 'min', 'max', or 'baseline' with 'max_increase'/'max_decrease'")
         return self  # a relative gate without 'baseline' uses `--baseline` (checked at collection)
 
