@@ -36,7 +36,15 @@ from memeval.errors import UsageError
 from memeval.method import Method, MetricSpec
 from memeval.models.hf_causal import TorchThreads
 from memeval.registry import Registry
-from memeval.report.sections import ComparedSample, Comparison, Histogram, Records, Section, Table
+from memeval.report.sections import (
+    TOP_N,
+    ComparedSample,
+    Comparison,
+    Histogram,
+    Records,
+    Section,
+    Table,
+)
 from memeval.results import EvaluationResult, Metric
 from memeval.stats import mean_metric, rate_metric
 from memeval_plugins.extraction import (
@@ -773,8 +781,6 @@ def memeval_register(registry: Registry) -> None:
 
 
 # -- report sections -------------------------------------------------------------------------------
-
-TOP_N = 10
 
 
 @hookimpl

@@ -26,6 +26,7 @@ from memeval.data import Sample
 from memeval.method import Method, MetricSpec, Params
 from memeval.registry import Registry
 from memeval.report.sections import (
+    TOP_N,
     ComparedSample,
     Comparison,
     Histogram,
@@ -704,8 +705,6 @@ def memeval_register(registry: Registry) -> None:
 
 
 # -- report sections -------------------------------------------------------------------------------
-
-TOP_N = 10
 
 
 @hookimpl

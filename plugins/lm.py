@@ -13,7 +13,7 @@ from memeval.data import Sample
 from memeval.method import Method, MetricSpec, Params
 from memeval.models.base import fit_to_context
 from memeval.registry import Registry
-from memeval.report.sections import Records, Section, Sensitive, Table, histogram_of
+from memeval.report.sections import TOP_N, Records, Section, Sensitive, Table, histogram_of
 from memeval.results import EvaluationResult
 from memeval.stats import mean_metric
 
@@ -89,7 +89,7 @@ def memeval_report_sections(evaluation: EvaluationResult, records: Records) -> l
     if evaluation.method != LMLoss.name:
         return None
     blocks: list = [histogram_of([r["loss"] for r in records], "Per-sample loss", "mean token NLL (nats)")]
-    lowest = records.top(10, key=lambda r: -r["loss"])
+    lowest = records.top(TOP_N, key=lambda r: -r["loss"])
     blocks.append(Table(["id", "loss", "perplexity", "tokens", "text"],
                         [[r["id"], r["loss"], r["perplexity"], r["n_tokens"], Sensitive(r.get("text") or "")]
                          for r in lowest], title="Lowest-loss samples (the best predicted)"))

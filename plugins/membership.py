@@ -15,7 +15,7 @@ from memeval.data import Sample
 from memeval.method import Method, MetricSpec, Params
 from memeval.models.base import TokenScores, fit_to_context
 from memeval.registry import Registry
-from memeval.report.sections import LinePlot, Records, Section, Sensitive, Series, Table
+from memeval.report.sections import TOP_N, LinePlot, Records, Section, Sensitive, Series, Table
 from memeval.results import EvaluationResult, Metric
 from memeval.stats import (
     best_balanced_accuracy,
@@ -303,7 +303,7 @@ def memeval_report_sections(evaluation: EvaluationResult, records: Records) -> l
     aucs = [m for m in evaluation.metrics if m.name.endswith("_auc") and m.name not in ("best_auc", "blind_auc")]
     if aucs:
         attack = max(aucs, key=lambda m: m.value).name.removesuffix("_auc")
-        top = records.top(10, key=lambda r: r["scores"][attack])
+        top = records.top(TOP_N, key=lambda r: r["scores"][attack])
         blocks.append(Table(["id", "member", f"{attack} score", "tokens", "text"],
                             [[r["id"], r["member"], r["scores"][attack], r["n_tokens"], Sensitive(r["text"])]
                              for r in top],

@@ -34,7 +34,7 @@ class ReportContext:
     @classmethod
     def of_session(cls, session: Any, result: RunResult) -> ReportContext:
         """One context per session, so HTML and Markdown share the sections they ask plugins for."""
-        if getattr(session, "report_context", None) is None:
+        if session.report_context is None:
             session.report_context = cls(result, session.out_dir, session.suite.spec.report.redact,
                                          session.config.hook)
         return session.report_context

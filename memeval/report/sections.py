@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+TOP_N = 10  # samples a report shows per table or comparison (aggregates cover the rest)
+
 
 @dataclass(frozen=True)
 class Sensitive:
