@@ -17,7 +17,7 @@ from memeval.config import Config
 from memeval.errors import ExitCode, UsageError
 from memeval.options import CACHE_MODES, model_override, positive_int, seed
 from memeval.plugins import build_registry, distributions, make_plugin_manager
-from memeval.report.base import FILE_FORMATS
+from memeval.registry import UnknownName
 from memeval.suite import SuiteErrors
 
 EXIT_CODES_HELP = """exit codes: 0 all gates passed, 1 a gate failed, 2 interrupted, 3 internal error,
@@ -64,8 +64,9 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
 
     report = commands.add_parser("report", help="re-render reports from a saved run directory (no model needed)")
     report.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or its run.json)")
-    report.add_argument("--format", dest="formats", action="append", choices=FILE_FORMATS, metavar="FORMAT",
-                        help=f"{', '.join(FILE_FORMATS)} (repeatable; default: the suite's report formats plus html)")
+    report.add_argument("--format", dest="formats", action="append", metavar="FORMAT",
+                        help="a reporter (json, html, markdown, junit, or one a plugin registers; repeatable; "
+                             "default: the suite's report formats other than json, plus html)")
     report.add_argument("--out", metavar="DIR", help="write the reports here (default: the run directory)")
     redact = report.add_mutually_exclusive_group()
     redact.add_argument("--redact", dest="redact", action="store_true", default=None,
@@ -164,19 +165,26 @@ def cmd_validate(config: Config) -> ExitCode:
 
 
 def cmd_report(config: Config) -> ExitCode:
-    from memeval.compare import SavedRun
-    from memeval.report.base import ReportContext
+    from memeval.report.base import ReportContext, file_reporter
+    from memeval.results import RunDir
+    from memeval.suite import ReportSpec
 
     options = config.options
-    saved = SavedRun.load(options.run_dir)
-    asked = saved.run.config.get("suite", {}).get("report", {})
-    formats = options.formats or [f for f in FILE_FORMATS if f != "json" and (asked.get(f) or f == "html")]
-    redact = bool(asked.get("redact")) if options.redact is None else options.redact
-    out_dir = Path(options.out) if options.out else saved.directory
+    where = RunDir.at(options.run_dir)
+    run = where.load()
+    asked = ReportSpec.model_validate(run.config.get("suite", {}).get("report", {}))
+    formats = options.formats or [*(f for f in asked.formats if f != "json"), "html"]
+    for name in formats:
+        try:
+            file_reporter(config.registry, name)
+        except UnknownName as exc:
+            raise UsageError(f"--format {name}: {exc}") from None
+    redact = asked.redact if options.redact is None else options.redact
+    out_dir = Path(options.out) if options.out else where.directory
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = ReportContext(saved.run, saved.directory, redact, config.hook, out_dir)
+    report = ReportContext(run, where, redact, config.hook, config.registry, out_dir)
     for name in dict.fromkeys(formats):
-        path = config.registry.get("reporter", name)().write(report)
+        path = file_reporter(config.registry, name)().write(report)
         print(f"{name}: {path}")
     return ExitCode.OK
 

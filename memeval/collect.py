@@ -18,7 +18,7 @@ from memeval.data import FILE_BUILDERS, data_files
 from memeval.errors import UsageError, did_you_mean
 from memeval.method import Method
 from memeval.registry import Registry, UnknownName
-from memeval.results import load_run
+from memeval.results import RunDir
 from memeval.suite import EvaluationSpec, ModelSpec, SuiteErrors, SuiteFile, validation_errors
 
 
@@ -95,9 +95,7 @@ def collect(suite: SuiteFile, registry: Registry) -> list[Item]:
     c = Collector(suite, registry)
     model_adapters = _check_models(c)
     _check_datasets(c)
-    for fmt in suite.spec.report.formats():
-        if fmt not in registry.names("reporter"):
-            c.fail(("report", fmt), f"no reporter {fmt!r} is installed (reporters: {', '.join(registry.names('reporter'))})")
+    _check_reports(c)
     items = []
     seen: dict[str, int] = {}
     for index, spec in enumerate(suite.spec.evaluations):
@@ -136,6 +134,17 @@ def _check_models(c: Collector) -> dict[str, Any]:
 
 def _looks_local(path: str) -> bool:
     return path.startswith((".", "/", "~")) or path.count("/") > 1 or bool(re.match(r"^[A-Za-z]:\\", path))
+
+
+def _check_reports(c: Collector) -> None:
+    reporters = c.registry.names("reporter")
+    for index, name in enumerate(c.suite.spec.report.formats):
+        loc = ("report", "formats", index)
+        if name not in reporters:
+            c.fail(loc, f"no reporter {name!r} is installed{did_you_mean(name, reporters)} "
+                        f"(reporters: {', '.join(reporters)})")
+        elif not callable(getattr(c.registry.get("reporter", name), "write", None)):
+            c.fail(loc, f"reporter {name!r} writes no file (it reports on the terminal)")
 
 
 def _check_datasets(c: Collector) -> None:
@@ -182,7 +191,7 @@ def _check_evaluation(c: Collector, spec: EvaluationSpec, loc: tuple[Any, ...],
             c.fail((*loc, "gates", g, "metric"), f"metric {gate.metric!r} is not produced with these params "
                                                   f"(produced: {', '.join(produced)})")
         if gate.baseline is not None:
-            _check_baseline(c, baseline_file(c.suite, gate.baseline), (*loc, "gates", g, "baseline"))
+            _check_baseline(c, c.suite.saved_run(gate.baseline), (*loc, "gates", g, "baseline"))
         elif gate.relative:
             c.fail((*loc, "gates", g), "'max_increase'/'max_decrease' compare against a saved run: set 'baseline' "
                                        "or run with --baseline RUN_DIR")
@@ -209,18 +218,11 @@ def _check_param_refs(c: Collector, method: type[Method], params: BaseModel, loc
             c.fail((*loc, "params", key), f"model {name!r} lacks {', '.join(sorted(method.requires))}")
 
 
-def _check_baseline(c: Collector, path: Path, loc: tuple[Any, ...]) -> None:
-    if not path.exists():
-        c.fail(loc, f"baseline run {str(path)!r} does not exist")
+def _check_baseline(c: Collector, run: RunDir, loc: tuple[Any, ...]) -> None:
+    if not run.exists():
+        c.fail(loc, f"baseline run {str(run.run_json)!r} does not exist")
         return
     try:
-        run = load_run(path)
-        if not isinstance(run.get("evaluations"), list):
-            raise ValueError("it has no list of evaluations")
-    except (ValueError, OSError, AttributeError) as exc:
-        c.fail(loc, f"baseline run {str(path)!r} is not a memeval run.json: {exc}")
-
-
-def baseline_file(suite: SuiteFile, path: str) -> Path:
-    resolved = suite.resolve_path(path)
-    return resolved / "run.json" if resolved.suffix != ".json" else resolved
+        run.read()
+    except (ValueError, OSError) as exc:
+        c.fail(loc, f"baseline run {str(run.run_json)!r} is not a memeval run.json: {exc}")

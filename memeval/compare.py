@@ -18,11 +18,11 @@ import numpy as np
 from scipy import stats
 
 from memeval.errors import UsageError
+from memeval.formatting import number
 from memeval.method import MetricSpec
 from memeval.registry import Registry
-from memeval.report.sections import Records
-from memeval.results import RUN_SCHEMA_VERSION, EvaluationResult, Metric, RunResult, load_run
-from memeval.stats import DEFAULT_LEVEL, DEFAULT_RESAMPLES
+from memeval.results import EvaluationResult, Metric, Records, RunDir, RunResult
+from memeval.stats import DEFAULT_LEVEL, paired_bootstrap_ci
 
 VERDICTS = ("regression", "improvement", "not significant", "unchanged", "no direction", "missing")
 
@@ -45,23 +45,22 @@ class MetricDelta:
 
 @dataclass
 class SavedRun:
+    """A run loaded from its directory, with the records beside it."""
+
     run: RunResult
-    directory: Path
+    where: RunDir
 
     @classmethod
     def load(cls, path: str | Path) -> SavedRun:
-        path = Path(path)
-        directory = path.parent if path.is_file() else path
-        try:
-            return cls(RunResult.from_dict(load_run(directory)), directory)
-        except FileNotFoundError:
-            raise UsageError(f"{path}: no run.json there (is it a memeval run directory?)") from None
-        except (ValueError, TypeError) as exc:
-            raise UsageError(f"{path}: not a readable memeval run (this memeval reads schema version "
-                             f"{RUN_SCHEMA_VERSION}): {exc}") from None
+        where = RunDir.at(path)
+        return cls(where.load(), where)
+
+    @property
+    def directory(self) -> Path:
+        return self.where.directory
 
     def records(self, evaluation: EvaluationResult) -> Records:
-        return Records(self.directory / evaluation.records_path if evaluation.records_path else None)
+        return self.where.records(evaluation)
 
 
 def check_comparable(base: SavedRun, new: SavedRun) -> None:
@@ -141,8 +140,7 @@ def _normal_ci(delta: float, base: Metric, new: Metric) -> tuple[float, float]:
     return delta - z * se, delta + z * se
 
 
-def _paired_ci(base: Records, new: Records, spec: MetricSpec, seed: int,
-               level: float = DEFAULT_LEVEL) -> tuple[float, float, int] | None:
+def _paired_ci(base: Records, new: Records, spec: MetricSpec, seed: int) -> tuple[float, float, int] | None:
     """Bootstrap CI of statistic(new) - statistic(base) resampling the samples both runs hold."""
     before = {r["id"]: r[spec.per_sample] for r in base if r.get(spec.per_sample) is not None}
     pairs = [(before[r["id"]], r[spec.per_sample]) for r in new
@@ -151,12 +149,8 @@ def _paired_ci(base: Records, new: Records, spec: MetricSpec, seed: int,
         return None
     values = np.asarray(pairs, dtype=np.float64)
     statistic = np.median if spec.statistic == "median" else np.mean
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(values), size=(DEFAULT_RESAMPLES, len(values)))
-    differences = statistic(values[index, 1], axis=1) - statistic(values[index, 0], axis=1)
-    alpha = (1 - level) / 2
-    low, high = np.quantile(differences, [alpha, 1 - alpha])
-    return float(low), float(high), len(values)
+    low, high = paired_bootstrap_ci(values[:, 0], values[:, 1], statistic, seed=seed)
+    return low, high, len(values)
 
 
 def _finite(value: float | None) -> bool:
@@ -186,13 +180,10 @@ def comparison_record(base: SavedRun, rows: list[MetricDelta]) -> dict[str, Any]
 
 
 def format_rows(rows: list[MetricDelta]) -> list[str]:
-    def num(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.4g}"
-
     lines = []
     for row in rows:
-        ci = f" [{num(row.ci_low)}, {num(row.ci_high)}]" if row.ci_low is not None else ""
+        ci = f" [{number(row.ci_low)}, {number(row.ci_high)}]" if row.ci_low is not None else ""
         paired = f" paired n={row.n_paired}" if row.n_paired else ""
         lines.append(f"{row.verdict.upper() if row.verdict == 'regression' else row.verdict:15} {row.evaluation}::"
-                     f"{row.metric}  {num(row.base)} -> {num(row.new)}  change {num(row.delta)}{ci}{paired}")
+                     f"{row.metric}  {number(row.base)} -> {number(row.new)}  change {number(row.delta)}{ci}{paired}")
     return lines

@@ -5,36 +5,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from memeval import hookimpl
 from memeval.errors import UsageError, did_you_mean
 from memeval.registry import Registry
+from memeval.sample import Sample
 from memeval.suite import DatasetSpec, SuiteFile
 
 FILE_BUILDERS = {"jsonl": "json", "json": "json", "csv": "csv", "parquet": "parquet", "text": "text"}
-
-
-@dataclass
-class Sample:
-    """One example. Text datasets fill `text` (or `prefix`/`suffix`); token datasets fill `tokens`."""
-
-    id: str
-    text: str | None = None
-    prefix: str | None = None
-    suffix: str | None = None
-    tokens: list[int] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def full_text(self) -> str | None:
-        if self.text is not None:
-            return self.text
-        if self.prefix is not None:
-            return self.prefix + (self.suffix or "")
-        return None
 
 
 Loader = Callable[[DatasetSpec, SuiteFile], Any]

@@ -55,3 +55,7 @@ class UsageError(Exception):
 
 class CacheMiss(UsageError):
     """`--cache only` asked for an output the cache does not hold."""
+
+
+class RegistryError(Exception):
+    """A plugin registered something twice or malformed: a plugin bug, not a user error (exit 3)."""

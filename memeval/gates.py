@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import math
 from functools import cache
-from pathlib import Path
 from typing import Any
 
-from memeval.collect import baseline_file
-from memeval.results import EvaluationResult, GateVerdict, load_run
+from memeval.results import EvaluationResult, GateVerdict, RunDir
 from memeval.suite import GateSpec, SuiteFile
 
 
 @cache
-def _baseline(path: Path) -> dict[str, Any]:
-    return load_run(path)
+def _baseline(run: RunDir) -> dict[str, Any]:
+    return run.read()
 
 
-def baseline_metric(path: Path, evaluation_id: str, metric: str) -> float | None:
-    run = _baseline(path)
+def baseline_metric(run: RunDir, evaluation_id: str, metric: str) -> float | None:
+    run = _baseline(run)
     for evaluation in run.get("evaluations", []):
         if evaluation["id"] == evaluation_id:
             for m in evaluation.get("metrics", []):
@@ -39,17 +37,17 @@ def judge(gate: GateSpec, result: EvaluationResult, suite: SuiteFile) -> GateVer
         return GateVerdict(gate.metric, False, f"<= {gate.max:g}", value, gate.max,
                            message=f"{gate.metric} = {value:.6g} is above the maximum {gate.max:g}")
     if gate.baseline is not None:
-        return _judge_against_baseline(gate, value, result.id, baseline_file(suite, gate.baseline))
+        return _judge_against_baseline(gate, value, result.id, suite.saved_run(gate.baseline))
     rule = " and ".join(r for r in (gate.min is not None and f">= {gate.min:g}",
                                     gate.max is not None and f"<= {gate.max:g}") if r)
     return GateVerdict(gate.metric, True, rule, value, gate.max if gate.max is not None else gate.min)
 
 
-def _judge_against_baseline(gate: GateSpec, value: float, evaluation_id: str, path: Path) -> GateVerdict:
-    base = baseline_metric(path, evaluation_id, gate.metric)
+def _judge_against_baseline(gate: GateSpec, value: float, evaluation_id: str, run: RunDir) -> GateVerdict:
+    base = baseline_metric(run, evaluation_id, gate.metric)
     if base is None:
         return GateVerdict(gate.metric, False, "baseline has the metric", value,
-                           message=f"baseline {path} has no metric {gate.metric!r} for evaluation {evaluation_id!r}")
+                           message=f"baseline {run.run_json} has no metric {gate.metric!r} for evaluation {evaluation_id!r}")
     delta = value - base
     if gate.max_increase is not None and delta > gate.max_increase:
         return GateVerdict(gate.metric, False, f"increase <= {gate.max_increase:g}", value, gate.max_increase, base,

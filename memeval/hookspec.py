@@ -15,11 +15,13 @@ import pluggy
 if TYPE_CHECKING:
     import argparse
 
+    from memeval.blocks import Section
+    from memeval.collect import Item
     from memeval.config import Config
+    from memeval.method import Context, Method
     from memeval.registry import Registry
-    from memeval.report.sections import Records, Section
-    from memeval.results import EvaluationResult, RunResult
-    from memeval.runner import Context, Item, Session
+    from memeval.results import EvaluationResult, Records, RunResult
+    from memeval.runner import Session
 
 hookspec = pluggy.HookspecMarker("memeval")
 
@@ -51,7 +53,8 @@ def memeval_register(registry: Registry) -> None:
     """Add methods, model adapters, dataset loaders and reporters to the registry.
 
     `registry.add_method(cls)`, `registry.add_adapter(cls)`, `registry.add_loader(name, fn)`,
-    `registry.add_reporter(name, cls)`. The registry remembers which plugin added what, so
+    `registry.add_reporter(name, cls)` (a class whose `write(report)` writes one file; a suite asks
+    for it by name in `report: {formats: [...]}`), `registry.add_trainer(name, trainer)`. The registry remembers which plugin added what, so
     `memeval list` can say it."""
 
 
@@ -89,18 +92,19 @@ def memeval_evaluation_finish(item: Item, result: EvaluationResult) -> None:
 
 
 @hookspec
-def memeval_report_sections(evaluation: EvaluationResult, records: Records) -> list[Section] | None:
-    """Sections an evaluation adds to the HTML and Markdown reports: plots, tables, the most
-    memorized samples next to the truth (see `memeval.report.sections`). A method plugin answers
-    for its own evaluations (check `evaluation.method`) and returns None for the others.
+def memeval_report_sections(evaluation: EvaluationResult, records: Records,
+                            method: type[Method] | None) -> list[Section] | None:
+    """Sections added to an evaluation's part of the HTML and Markdown reports: plots, tables,
+    samples (the blocks of `memeval.api`). `method` is the evaluation's method class (None when it
+    is not installed). A method's own sections come from `Method.report_sections`, which the core
+    calls through this hook; implement the hook to add sections to other plugins' evaluations.
 
-    Build sections from what the run kept: `evaluation.metrics`, `evaluation.artifacts` and the
-    streamed `records` (use `records.top(n, key)`, never hold them all). Wrap text that may be
-    training data in `Sensitive` so `redact: true` can mask it. Also called by `memeval report`,
-    with no model loaded."""
-
+    Build sections from what the run kept (`evaluation.metrics`, `evaluation.artifacts`, the
+    streamed `records`). Also called by `memeval report`, with no model loaded."""
 
 
 @hookspec
 def memeval_sessionfinish(session: Session, result: RunResult, exitstatus: int) -> None:
-    """The run is over, or was interrupted: reporters write their files here. Always runs."""
+    """The run is over, or was interrupted. Always runs. The builtin `reports` plugin writes the
+    reports the suite asks for here (trylast); state a plugin keeps for the session goes in
+    `session.stash`."""

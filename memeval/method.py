@@ -1,23 +1,27 @@
-"""The shape of an evaluation method: params, required capabilities, metrics, map/reduce."""
+"""The contract between the core and a method: its params, metrics, map/reduce, report sections, and
+the `Context` it runs in."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-from memeval.results import Metric
+from memeval.errors import RegistryError
+from memeval.results import EvaluationResult, Metric, Records
+from memeval.sample import Sample
+from memeval.suite import Strict
 
 if TYPE_CHECKING:
-    from memeval.runner import Context
+    from memeval.blocks import Section
+    from memeval.cache import OutputCache
 
 
-class Params(BaseModel):
+class Params(Strict):
     """Base for method params: unknown keys are errors, so a typo is caught before anything runs."""
-
-    model_config = ConfigDict(extra="forbid")
 
 
 @dataclass(frozen=True)
@@ -31,13 +35,73 @@ class MetricSpec:
     statistic: Literal["mean", "median"] = "mean"
 
 
+class Context(Protocol):
+    """What a method sees while it runs. The core gives one to `prepare`, `map` and `reduce`; a
+    method reaches its model, data, seed and outputs only through it."""
+
+    @property
+    def params(self) -> Any:
+        """The evaluation's validated params (an instance of the method's `Params`)."""
+
+    @property
+    def seed(self) -> int:
+        """The run's seed (the suite's, or `--seed`)."""
+
+    @property
+    def batch_size(self) -> int:
+        """Units per `map` call: the params' `batch_size`, else the model's, else 16."""
+
+    @property
+    def model(self) -> Any:
+        """The evaluation's model adapter (None for methods that need none)."""
+
+    @property
+    def samples(self) -> list[Sample]:
+        """The evaluation's dataset (after `--limit`)."""
+
+    @property
+    def cache(self) -> OutputCache:
+        """The output cache (SQLite): `get_many`/`put_many` by `output_key`, `require` under
+        `--cache only`, `file_digest` of a file."""
+
+    @property
+    def cache_dir(self) -> Path:
+        """The cache directory, for derived artifacts a method builds once (e.g. a corpus index)."""
+
+    def model_named(self, name: str) -> Any:
+        """Another model of the suite, named by a param listed in the method's `model_params`."""
+
+    def dataset_named(self, name: str) -> list[Sample]:
+        """Another dataset of the suite, named by a param listed in the method's `dataset_params`."""
+
+    def stream_texts(self, name: str) -> Iterator[str]:
+        """A dataset's texts one at a time, never all in memory (a training corpus)."""
+
+    def records_of(self, evaluation_id: str, run: str | None = None) -> list[dict[str, Any]]:
+        """The records of another evaluation: one that ran in this session, or one in a saved
+        run (a directory or run.json relative to the suite)."""
+
+    def resolve_path(self, path: str) -> Path:
+        """A path as the suite means it: relative to the suite file's directory."""
+
+    def emit(self, records: Iterable[dict[str, Any]]) -> None:
+        """Stream records to `records/<id>.jsonl` (the executor emits what `map` returns)."""
+
+    def warn(self, message: str) -> None:
+        """A warning kept with the evaluation and shown in the terminal and the reports."""
+
+    def artifact(self, name: str, value: Any) -> None:
+        """Keep a JSON-serialisable result that is not a metric (a curve, a table) for reporters."""
+
+
 class Method:
     """Base class of an evaluation method.
 
     LM methods are map/reduce shaped: `prepare` turns samples into units of work, the runner sorts
     them by `size` and batches them, `map` turns a batch into records (one dict per sample, JSON
     serialisable), and `reduce` turns all records into metrics. A method never prints or writes
-    files; model calls go through `context.model`, whose outputs the runner caches.
+    files; model calls go through `context.model`, whose outputs the runner caches. What it adds
+    to the reports comes from `report_sections`, as data.
     """
 
     name: ClassVar[str] = ""
@@ -59,8 +123,8 @@ class Method:
         return [m.name for m in cls.metrics]
 
     @classmethod
-    def metric_spec(cls, name: str) -> MetricSpec:
-        return next(m for m in cls.metrics if m.name == name)
+    def metric_spec(cls, name: str) -> MetricSpec | None:
+        return next((m for m in cls.metrics if m.name == name), None)
 
     @classmethod
     def check_references(cls, params: BaseModel, suite: Any, index: int) -> list[tuple[tuple[Any, ...], str]]:
@@ -73,7 +137,18 @@ class Method:
         """The metrics a run with these params produces (a subset of `metrics`)."""
         return cls.metric_names()
 
-    def prepare(self, samples: Sequence[Any], context: Context) -> list[Any]:
+    @classmethod
+    def report_sections(cls, evaluation: EvaluationResult, records: Records) -> list[Section]:
+        """Sections this method adds to the HTML and Markdown reports for one of its evaluations:
+        plots, tables, the most memorized samples next to the truth (`memeval.api` blocks).
+
+        Build them from what the run kept: `evaluation.metrics`, `evaluation.artifacts` and the
+        streamed `records` (use `records.top(n, key)`, never hold them all). Wrap text that may be
+        training data in `Sensitive` so `redact: true` can mask it. Called with no model loaded
+        (also by `memeval report`)."""
+        return []
+
+    def prepare(self, samples: Sequence[Sample], context: Context) -> list[Any]:
         return list(samples)
 
     def size(self, unit: Any) -> int:
@@ -88,10 +163,8 @@ class Method:
 
 
 def check_method_class(cls: type) -> None:
-    from memeval.registry import RegistryError
-
     if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise RegistryError(f"{cls!r} is not a memeval.method.Method subclass")
+        raise RegistryError(f"{cls!r} is not a memeval.api.Method subclass")
     if not cls.name or "." not in cls.name:
         raise RegistryError(f"{cls.__name__}.name must be 'family.name', got {cls.name!r}")
     if not cls.metrics:

@@ -17,6 +17,7 @@ BUILTIN_PLUGINS = {
     "loaders": "memeval.data",
     "local": "memeval.runner",
     "terminal": "memeval.report.terminal",
+    "reports": "memeval.report.base",
     "json": "memeval.report.json",
     "html": "memeval.report.html",
     "markdown": "memeval.report.markdown",

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from memeval import hookimpl  # the package's __init__: pluggy and a version lookup, nothing heavy
+from memeval.formatting import number
 from memeval.options import CACHE_MODES, model_override, positive_int, seed
 
 if TYPE_CHECKING:
@@ -205,10 +206,6 @@ class Evaluation(pytest.Collector):
             yield GateItem.from_parent(self, name=name, evaluation=self.evaluation, gate_index=index)
 
 
-def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.6g}"
-
-
 def gate_name(gate: GateSpec) -> str:
     """`loss_mean<=1`, `best_auc>=0.9`, `0.3<=loss_mean<=1`, `loss_mean:increase<=0.01`."""
     if gate.min is not None and gate.max is not None:
@@ -330,7 +327,7 @@ class GateItem(MemevalItem):
                  f"{result.n_samples} samples)",
                  f"  metric:     {format_metric(metric) if metric is not None else verdict.metric + ' = n/a'}",
                  f"  gate:       {verdict.metric} {verdict.rule}"
-                 + (f" against baseline value {_num(verdict.baseline_value)}" if verdict.baseline_value is not None
+                 + (f" against baseline value {number(verdict.baseline_value, 6)}" if verdict.baseline_value is not None
                     else "") + f" ({where})"]
         others = [m for m in result.metrics if m.name != verdict.metric]
         if others:
@@ -353,10 +350,10 @@ class GateFailed(Exception):
 
 def format_metric(metric: Metric) -> str:
     """`loss_mean = 0.0643, 95% CI [0.05, 0.08] (bootstrap-percentile(mean), n=12)`."""
-    text = f"{metric.name} = {_num(metric.value)}"
+    text = f"{metric.name} = {number(metric.value, 6)}"
     if metric.ci_low is not None and metric.ci_high is not None:
         level = f"{metric.ci_level * 100:g}% " if metric.ci_level else ""
-        text += f", {level}CI [{_num(metric.ci_low)}, {_num(metric.ci_high)}]"
+        text += f", {level}CI [{number(metric.ci_low, 6)}, {number(metric.ci_high, 6)}]"
     details = [d for d in (metric.ci_method, metric.n is not None and f"n={metric.n}") if d]
     return f"{text} ({', '.join(details)})" if details else text
 

@@ -6,9 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from memeval.errors import did_you_mean
+from memeval.errors import RegistryError, did_you_mean
+from memeval.method import check_method_class
 
-KINDS = ("method", "adapter", "loader", "reporter")
+KINDS = ("method", "adapter", "loader", "reporter", "trainer")
 
 
 @dataclass
@@ -17,10 +18,6 @@ class Entry:
     name: str
     obj: Any
     plugin: str
-
-
-class RegistryError(Exception):
-    """A plugin registered something twice or malformed: a plugin bug, not a user error."""
 
 
 class UnknownName(LookupError):
@@ -45,8 +42,6 @@ class Registry:
         table[name] = Entry(kind, name, obj, self.current_plugin)
 
     def add_method(self, cls: type) -> None:
-        from memeval.method import check_method_class
-
         check_method_class(cls)
         self._add("method", cls.name, cls)
 
@@ -58,6 +53,10 @@ class Registry:
 
     def add_reporter(self, name: str, cls: Any) -> None:
         self._add("reporter", name, cls)
+
+    def add_trainer(self, name: str, trainer: Any) -> None:
+        """A training method for training-experiment models (label noise, localization, ...)."""
+        self._add("trainer", name, trainer)
 
     def get(self, kind: str, name: str) -> Any:
         table = self.entries[kind]

@@ -1,15 +1,20 @@
-"""Result records: metrics, gate verdicts, evaluation and run results (the `run.json` schema).
+"""Result records: metrics, gate verdicts, evaluation and run results (the `run.json` schema), the run
+directory and its streamed records.
 
 Versioned like Inspect's eval logs: bump RUN_SCHEMA_VERSION on any change a reader would notice.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from memeval.errors import UsageError
 
 RUN_SCHEMA_VERSION = 1
 
@@ -63,7 +68,7 @@ class EvaluationResult:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvaluationResult:
-        known = _known(cls, data)
+        known = {"method": "", "model": None, "dataset": None, "params": {}, **_known(cls, data)}
         known["metrics"] = [Metric(**_known(Metric, m)) for m in data.get("metrics", [])]
         known["gates"] = [GateVerdict(**_known(GateVerdict, g)) for g in data.get("gates", [])]
         return cls(**known)
@@ -88,7 +93,7 @@ class RunResult:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunResult:
         """The inverse of `to_dict`, for re-rendering and comparing saved runs."""
-        known = _known(cls, data)
+        known = {"suite": {}, "config": {}, **_known(cls, data)}
         known["evaluations"] = [EvaluationResult.from_dict(e) for e in data.get("evaluations", [])]
         return cls(**known)
 
@@ -117,15 +122,81 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def load_run(path: str | Path) -> dict[str, Any]:
-    """Read a saved run (a run directory or its run.json)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "run.json"
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    if data.get("schema_version") != RUN_SCHEMA_VERSION:
-        raise ValueError(f"{path}: run schema version {data.get('schema_version')!r}, "
-                         f"this memeval reads {RUN_SCHEMA_VERSION}")
-    return data
+RUN_JSON = "run.json"
+RECORDS_DIR = "records"
+
+
+class Records:
+    """An evaluation's records, streamed from `records/<id>.jsonl` (never all held in memory)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self.path is None or not self.path.is_file():
+            return
+        with open(self.path, encoding="utf-8") as handle:
+            for line in handle:
+                if line.strip():
+                    yield json.loads(line)
+
+    def top(self, n: int, key: Callable[[dict[str, Any]], float],
+            where: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
+        """The n records with the largest key (ties keep file order), in one streaming pass."""
+        chosen = (r for r in self if where is None or where(r))
+        return heapq.nlargest(n, chosen, key=key)
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory: `run.json` and `records/<evaluation id>.jsonl`. The one place that knows
+    those names."""
+
+    directory: Path
+    run_json: Path
+
+    @classmethod
+    def at(cls, path: str | Path) -> RunDir:
+        """A run directory, or a run's JSON file (its directory holds the records)."""
+        path = Path(path).expanduser()
+        if path.suffix == ".json":
+            return cls(path.parent, path)
+        return cls(path, path / RUN_JSON)
+
+    def exists(self) -> bool:
+        return self.run_json.is_file()
+
+    def records_file(self, evaluation_id: str) -> Path:
+        return self.directory / self.records_ref(evaluation_id)
+
+    @staticmethod
+    def records_ref(evaluation_id: str) -> str:
+        """The records file of an evaluation, relative to the run directory (`records_path`)."""
+        return f"{RECORDS_DIR}/{evaluation_id}.jsonl"
+
+    def records(self, evaluation: EvaluationResult) -> Records:
+        return Records(self.directory / evaluation.records_path if evaluation.records_path else None)
+
+    def read(self) -> dict[str, Any]:
+        """run.json as a dict, checked to be a run of the schema version this memeval reads.
+        Raises FileNotFoundError or ValueError."""
+        data = json.loads(self.run_json.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.run_json}: expected a JSON object, got {type(data).__name__}")
+        if data.get("schema_version") != RUN_SCHEMA_VERSION:
+            raise ValueError(f"{self.run_json}: run schema version {data.get('schema_version')!r}, "
+                             f"this memeval reads {RUN_SCHEMA_VERSION}")
+        if not isinstance(data.get("evaluations"), list):
+            raise ValueError(f"{self.run_json}: it has no list of evaluations")
+        return data
+
+    def load(self) -> RunResult:
+        """The saved run; a missing or unreadable one is a usage error naming the path."""
+        try:
+            return RunResult.from_dict(self.read())
+        except FileNotFoundError:
+            raise UsageError(f"{self.directory}: no {self.run_json.name} there (is it a memeval run "
+                             f"directory?)") from None
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            raise UsageError(f"{self.directory}: not a readable memeval run (this memeval reads schema "
+                             f"version {RUN_SCHEMA_VERSION}): {exc}") from None

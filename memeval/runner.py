@@ -26,12 +26,14 @@ from memeval.cache import OutputCache
 from memeval.collect import Item, apply_baseline_override, apply_model_overrides, collect
 from memeval.compare import SavedRun, compare_runs, comparison_record
 from memeval.config import Config
-from memeval.data import Sample, rows_to_samples, stream_texts
+from memeval.data import rows_to_samples, stream_texts
 from memeval.errors import ExitCode, UsageError
 from memeval.gates import judge
 from memeval.models.base import AdapterContext, CachedCausalLM, CausalLM, ModelAdapter
-from memeval.results import EvaluationResult, Metric, RunResult, load_run
+from memeval.results import EvaluationResult, Metric, RunDir, RunResult
+from memeval.sample import Sample
 from memeval.selection import compile_expression
+from memeval.stash import Stash
 from memeval.suite import SuiteErrors, SuiteFile
 
 PACKAGES = ("memeval", "torch", "transformers", "tokenizers", "datasets", "numpy", "scipy", "pydantic", "pluggy")
@@ -42,8 +44,9 @@ def now() -> str:
 
 
 @dataclass
-class Context:
-    """What a method sees while it runs: its model and samples, the seed, and where records go."""
+class EvaluationContext:
+    """The `Context` (memeval.method) the core gives a method: its model and samples, the seed,
+    the output cache, and where records, warnings and artifacts go."""
 
     session: Session
     item: Item
@@ -68,44 +71,13 @@ class Context:
     def samples(self) -> list[Sample]:
         return self.session.dataset(self.item.spec.dataset) if self.item.spec.dataset else []
 
-    def model_named(self, name: str) -> Any:
-        """Another model of the suite, named by a param listed in the method's `model_params`."""
-        return self.session.model(name)
-
-    def dataset_named(self, name: str) -> list[Sample]:
-        """Another dataset of the suite, named by a param listed in the method's `dataset_params`."""
-        return self.session.dataset(name)
-
-    def stream_texts(self, name: str) -> Iterator[str]:
-        """Another dataset's texts one at a time, never all in memory (a training corpus)."""
-        return self.session.stream_texts(name)
+    @property
+    def cache(self) -> OutputCache:
+        return self.session.cache
 
     @property
     def cache_dir(self) -> Path:
         return self.session.config.cache_dir
-
-    def records_of(self, evaluation_id: str, run: str | None = None) -> list[dict[str, Any]]:
-        """The records of another evaluation: one that already ran in this session, or one in a
-        saved run directory (relative to the suite)."""
-        if run is None:
-            done = {r.id: r for r in self.session.result.evaluations}
-            if evaluation_id not in done or done[evaluation_id].status == "error":
-                raise UsageError(f"evaluation {evaluation_id!r} has not run successfully in this session "
-                                 f"(deselected with -k, or it failed)")
-            path = self.session.out_dir / done[evaluation_id].records_path
-        else:
-            saved = load_run(self.session.suite.resolve_path(run))
-            match = [e for e in saved["evaluations"] if e["id"] == evaluation_id]
-            if not match or not match[0].get("records_path"):
-                raise UsageError(f"run {run!r} has no records of evaluation {evaluation_id!r}")
-            base = self.session.suite.resolve_path(run)
-            path = (base if base.is_dir() else base.parent) / match[0]["records_path"]
-        with open(path, encoding="utf-8") as handle:
-            return [json.loads(line) for line in handle if line.strip()]
-
-    def artifact(self, name: str, value: Any) -> None:
-        """Keep a JSON-serialisable result that is not a metric (curves, tables) for reporters."""
-        self.artifacts[name] = value
 
     @property
     def batch_size(self) -> int:
@@ -115,8 +87,32 @@ class Context:
         model = self.model
         return getattr(getattr(model, "params", None), "batch_size", None) or 16
 
+    def model_named(self, name: str) -> Any:
+        return self.session.model(name)
+
+    def dataset_named(self, name: str) -> list[Sample]:
+        return self.session.dataset(name)
+
+    def stream_texts(self, name: str) -> Iterator[str]:
+        return self.session.stream_texts(name)
+
+    def resolve_path(self, path: str) -> Path:
+        return self.session.suite.resolve_path(path)
+
+    def records_of(self, evaluation_id: str, run: str | None = None) -> list[dict[str, Any]]:
+        if run is None:
+            done = {r.id: r for r in self.session.result.evaluations}
+            if evaluation_id not in done or done[evaluation_id].status == "error":
+                raise UsageError(f"evaluation {evaluation_id!r} has not run successfully in this session "
+                                 f"(deselected with -k, or it failed)")
+            return list(self.session.run_dir.records(done[evaluation_id]))
+        saved = self.session.suite.saved_run(run)
+        match = [e for e in saved.load().evaluations if e.id == evaluation_id]
+        if not match or not match[0].records_path:
+            raise UsageError(f"run {run!r} has no records of evaluation {evaluation_id!r}")
+        return list(saved.records(match[0]))
+
     def emit(self, records: Iterable[dict[str, Any]]) -> None:
-        """Stream records to records/<id>.jsonl as soon as a batch is done."""
         for record in records:
             if self._records is not None:
                 self._records.write(json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n")
@@ -126,6 +122,9 @@ class Context:
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
+
+    def artifact(self, name: str, value: Any) -> None:
+        self.artifacts[name] = value
 
 
 def _jsonable(value: Any) -> Any:
@@ -141,6 +140,8 @@ class Session:
         self.config = config
         self.suite = suite
         self.out_dir = out_dir
+        self.run_dir = RunDir.at(out_dir)
+        self.stash = Stash()  # plugins' state for this session (memeval.stash)
         options = config.options
         self.seed = options.seed if getattr(options, "seed", None) is not None else suite.spec.seed
         self.cache = OutputCache(config.cache_dir, config.cache_mode)
@@ -150,7 +151,6 @@ class Session:
         self.items: list[Item] = []
         self.current: Item | None = None
         self.result = RunResult(suite={}, config={})
-        self.report_context: Any = None  # shared by the file reporters (memeval.report.base)
 
     def log(self, message: str) -> None:
         if self.config.verbosity >= 0:
@@ -220,7 +220,7 @@ class Session:
 
 
 @hookimpl(trylast=True)
-def memeval_run_evaluation(item: Item, context: Context) -> EvaluationResult:
+def memeval_run_evaluation(item: Item, context: EvaluationContext) -> EvaluationResult:
     """Run a map/reduce method in this process: batches of similar size, records streamed out."""
     from tqdm import tqdm
 
@@ -274,7 +274,7 @@ def load_and_collect(config: Config, path: str) -> tuple[SuiteFile, list[Item]]:
 def compare_with_baseline(config: Config, session: Session) -> dict[str, Any]:
     """The run against `--baseline`: every shared metric's change, with paired CIs where possible."""
     base = SavedRun.load(config.options.baseline)
-    return comparison_record(base, compare_runs(base, SavedRun(session.result, session.out_dir), config.registry))
+    return comparison_record(base, compare_runs(base, SavedRun(session.result, session.run_dir), config.registry))
 
 
 def run_suite(config: Config, path: str, out_dir: Path) -> ExitCode:
@@ -330,12 +330,11 @@ def _where(session: Session, message: str) -> str:
 def run_item(session: Session, item: Item) -> EvaluationResult:
     hook = session.config.hook
     hook.memeval_evaluation_start(item=item)
-    records_dir = session.out_dir / "records"
-    records_dir.mkdir(exist_ok=True)
-    records_path = records_dir / f"{item.id}.jsonl"
+    records_path = session.run_dir.records_file(item.id)
+    records_path.parent.mkdir(exist_ok=True)
     started, started_at = time.perf_counter(), now()
     with open(records_path, "w", encoding="utf-8") as records:
-        context = Context(session=session, item=item, _records=records)
+        context = EvaluationContext(session=session, item=item, _records=records)
         try:
             model = context.model
             before = model.counter.snapshot() if isinstance(model, CachedCausalLM) else None
@@ -361,7 +360,7 @@ def run_item(session: Session, item: Item) -> EvaluationResult:
                                       dataset=item.spec.dataset, params=item.params.model_dump(mode="json"),
                                       status="error", error="".join(traceback.format_exception(exc)))
             result.n_samples = context.n_records
-    result.records_path = str(records_path.relative_to(session.out_dir))
+    result.records_path = session.run_dir.records_ref(item.id)
     result.warnings = context.warnings
     result.artifacts = context.artifacts
     result.started_at, result.seconds = started_at, round(time.perf_counter() - started, 3)

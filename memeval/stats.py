@@ -34,6 +34,20 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable[..., 
     return float(low), float(high)
 
 
+def paired_bootstrap_ci(base: Sequence[float] | np.ndarray, new: Sequence[float] | np.ndarray,
+                        statistic: Callable[..., np.ndarray] = np.mean, level: float = DEFAULT_LEVEL,
+                        resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap CI of statistic(new) - statistic(base) over paired samples: the i-th
+    values of `base` and `new` belong to one sample and are resampled together."""
+    values = np.column_stack([np.asarray(base, dtype=np.float64), np.asarray(new, dtype=np.float64)])
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(values), size=(resamples, len(values)))
+    differences = statistic(values[index, 1], axis=1) - statistic(values[index, 0], axis=1)
+    alpha = (1 - level) / 2
+    low, high = np.quantile(differences, [alpha, 1 - alpha])
+    return float(low), float(high)
+
+
 def clopper_pearson(successes: int, trials: int, level: float = DEFAULT_LEVEL) -> tuple[float, float]:
     """Exact binomial CI of a proportion (Clopper and Pearson, 1934)."""
     if trials == 0:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from memeval.errors import UsageError, did_you_mean, format_path
+from memeval.results import RunDir
 
 SCHEMA_VERSION = 1
 Loc = tuple[str | int, ...]
@@ -115,15 +116,35 @@ class ModelSpec(BaseModel):
 
 
 class ReportSpec(Strict):
-    json_: bool = Field(True, alias="json")
-    html: bool = False
-    markdown: bool = False
-    junit: bool = False
-    redact: bool = False
+    """Which reports a run writes, by reporter name (`memeval list` shows the installed ones)."""
 
-    def formats(self) -> list[str]:
-        wanted = {"json": self.json_, "html": self.html, "markdown": self.markdown, "junit": self.junit}
-        return [name for name, on in wanted.items() if on]
+    formats: list[str] = Field(default_factory=lambda: ["json"],
+                               description="reporters to run: json (run.json), html (report.html), markdown "
+                                           "(summary.md), junit (junit.xml), or any a plugin registers")
+    redact: bool = Field(False, description="mask text that may be memorized training data in the reports")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _switches(cls, data: Any) -> Any:
+        """The switches of schema 1's first form (`json: true`, `html: true`, ...) are read as
+        entries of `formats`."""
+        if not isinstance(data, dict) or not LEGACY_REPORT_SWITCHES & data.keys():
+            return data
+        data = dict(data)
+        formats = list(data.get("formats", ["json"]))
+        for name in sorted(LEGACY_REPORT_SWITCHES & data.keys()):
+            on = data.pop(name)
+            if not isinstance(on, bool):
+                raise ValueError(f"'{name}' must be true or false, got {on!r}")
+            if on and name not in formats:
+                formats.append(name)
+            elif not on and name in formats:
+                formats.remove(name)
+        data["formats"] = formats
+        return data
+
+
+LEGACY_REPORT_SWITCHES = {"json", "html", "markdown", "junit"}
 
 
 class Suite(Strict):
@@ -159,6 +180,10 @@ class SuiteFile:
     def resolve_path(self, value: str) -> Path:
         path = Path(value).expanduser()
         return path if path.is_absolute() else self.base_dir / path
+
+    def saved_run(self, path: str) -> RunDir:
+        """A saved run the suite names (a baseline, a forecast's source): a directory or run.json."""
+        return RunDir.at(self.resolve_path(path))
 
 
 class SuiteErrors(Exception):

@@ -23,30 +23,33 @@ import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from memeval import hookimpl
-from memeval.cache import OutputCache, output_key
-from memeval.data import Sample
-from memeval.errors import UsageError
-from memeval.method import Method, MetricSpec
-from memeval.models.hf_causal import TorchThreads
-from memeval.registry import Registry
-from memeval.report.sections import (
+from memeval.api import (
     TOP_N,
     ComparedSample,
     Comparison,
+    EvaluationResult,
     Histogram,
+    Method,
+    Metric,
+    MetricSpec,
+    OutputCache,
     Records,
+    Registry,
+    Sample,
     Section,
     Table,
+    TorchThreads,
+    UsageError,
+    hookimpl,
+    mean_metric,
+    output_key,
+    rate_metric,
 )
-from memeval.results import EvaluationResult, Metric
-from memeval.stats import mean_metric, rate_metric
 from memeval_plugins.extraction import (
     PrefixSuffixParams,
     prefix_suffix_units,
@@ -445,8 +448,7 @@ def split_units(samples: list[Sample], model: Any, params: DecodingParams, warn:
                 ) -> list[dict[str, Any]]:
     """Prefix/suffix units in `model`'s tokens (as extraction.discoverable splits them), with the
     decoded prompt and truth."""
-    units = prefix_suffix_units(samples, SimpleNamespace(model=model, warn=warn), params.prefix_tokens,
-                                params.suffix_tokens)
+    units = prefix_suffix_units(samples, model, warn, params.prefix_tokens, params.suffix_tokens)
     limit = model.context_length
     if limit and units and max(len(u["lead"]) + params.prefix_tokens + params.suffix_tokens for u in units) > limit:
         raise UsageError(f"prefix + suffix ({params.prefix_tokens} + {params.suffix_tokens} tokens) exceed the "
@@ -493,8 +495,7 @@ def check_bertscore(params: ScoringParams, suite: Any) -> list[tuple[tuple[Any, 
 def make_scorer(params: ScoringParams, context: Any, references: list[str]) -> Scorer:
     bertscore = None
     if "bertscore" in params.chosen_criteria():
-        bertscore = BertScore(params.bertscore, context.session.suite.resolve_path, references,
-                              context.session.cache)
+        bertscore = BertScore(params.bertscore, context.resolve_path, references, context.cache)
     return Scorer(params, bertscore)
 
 
@@ -599,6 +600,10 @@ class Similarity(Method):
             {"id": r["id"], "prefix": r["prefix"], "truth": r["truth"], "generation": r["generation"],
              **{s: r[s] for s in scores_of(p)}} for r in hidden_records])
         return metrics
+
+    @classmethod
+    def report_sections(cls, evaluation: EvaluationResult, records: Records) -> list[Section]:
+        return similarity_sections(evaluation, records)
 
 
 def criterion_rule(criterion: str, thresholds: Thresholds) -> dict[str, Any]:
@@ -737,6 +742,10 @@ class Compare(Method):
         context.artifact("perplexity", {side: histogram(values, p.histogram_bins) for side, values in ppl.items()})
         return metrics
 
+    @classmethod
+    def report_sections(cls, evaluation: EvaluationResult, records: Records) -> list[Section]:
+        return compare_sections(evaluation, records)
+
 
 def flag(side: dict[str, Any], criterion: str) -> bool:
     if criterion == "exact":
@@ -781,15 +790,6 @@ def memeval_register(registry: Registry) -> None:
 
 
 # -- report sections -------------------------------------------------------------------------------
-
-
-@hookimpl
-def memeval_report_sections(evaluation: EvaluationResult, records: Records) -> list[Section] | None:
-    if evaluation.method == Similarity.name:
-        return similarity_sections(evaluation, records)
-    if evaluation.method == Compare.name:
-        return compare_sections(evaluation, records)
-    return None
 
 
 def _histograms(distributions: dict[str, Any], prefix: str = "") -> list[Histogram]:

@@ -15,31 +15,35 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from memeval import hookimpl
-from memeval.data import Sample
-from memeval.method import Method, MetricSpec, Params
-from memeval.registry import Registry
-from memeval.report.sections import (
+from memeval.api import (
     TOP_N,
     ComparedSample,
     Comparison,
+    EvaluationResult,
     Histogram,
     LinePlot,
+    Method,
+    Metric,
+    MetricSpec,
+    Params,
     Records,
+    Registry,
+    Sample,
     Section,
     Sensitive,
     Series,
     Table,
     histogram_of,
+    hookimpl,
+    mean_metric,
+    rate_metric,
 )
-from memeval.results import EvaluationResult, Metric
-from memeval.stats import mean_metric, rate_metric
 
 # -- shared: prefix / suffix units -----------------------------------------------------------------
 
@@ -55,8 +59,8 @@ def lead_tokens(model: Any) -> list[int]:
     return list(model.tokenize([""])[0])
 
 
-def prefix_suffix_units(samples: list[Sample], context: Any, prefix_tokens: int, suffix_tokens: int
-                        ) -> list[dict[str, Any]]:
+def prefix_suffix_units(samples: list[Sample], model: Any, warn: Callable[[str], None], prefix_tokens: int,
+                        suffix_tokens: int) -> list[dict[str, Any]]:
     """Split each sample into `context` (up to `prefix_tokens` tokens before the suffix) and the
     `suffix_tokens` that follow, as token ids of the model.
 
@@ -64,7 +68,6 @@ def prefix_suffix_units(samples: list[Sample], context: Any, prefix_tokens: int,
     token-id samples are used as given; prefix/suffix samples keep their own split. Samples too
     short for both parts are skipped with a warning.
     """
-    model = context.model
     lead = lead_tokens(model)
     texts = [s for s in samples if s.tokens is None and s.prefix is None]
     text_ids = iter(model.tokenize([s.text or "" for s in texts], add_special_tokens=False) if texts else [])
@@ -90,7 +93,7 @@ def prefix_suffix_units(samples: list[Sample], context: Any, prefix_tokens: int,
         units.append({"sample": sample, "lead": head, "context": content[-prefix_tokens:],
                       "suffix": rest[:suffix_tokens]})
     if short:
-        context.warn(f"{short} sample(s) too short for {prefix_tokens} prefix + {suffix_tokens} suffix tokens "
+        warn(f"{short} sample(s) too short for {prefix_tokens} prefix + {suffix_tokens} suffix tokens "
                      f"were skipped")
     return units
 
@@ -167,7 +170,7 @@ class Discoverable(Method):
 
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
         p = self.params
-        units = prefix_suffix_units(samples, context, p.longest_prefix(), p.suffix_tokens)
+        units = prefix_suffix_units(samples, context.model, context.warn, p.longest_prefix(), p.suffix_tokens)
         limit = context.model.context_length
         if limit and units and max(len(u["lead"]) + p.longest_prefix() + p.suffix_tokens for u in units) > limit:
             raise ValueError(f"prefix + suffix ({p.longest_prefix()} + {p.suffix_tokens} tokens) exceed the model's "
@@ -229,6 +232,10 @@ class Discoverable(Method):
             context.artifact("extraction_vs_prefix_length", curve)
         return metrics
 
+    @classmethod
+    def report_sections(cls, evaluation: EvaluationResult, records: Records) -> list[Section]:
+        return discoverable_sections(evaluation, records)
+
 
 def sequence(unit: dict[str, Any], prefix_len: int) -> list[int]:
     return unit["lead"] + unit["context"][-prefix_len:] + unit["suffix"]
@@ -286,7 +293,8 @@ class Probabilistic(Method):
     )
 
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
-        return prefix_suffix_units(samples, context, self.params.prefix_tokens, self.params.suffix_tokens)
+        return prefix_suffix_units(samples, context.model, context.warn, self.params.prefix_tokens,
+                                   self.params.suffix_tokens)
 
     def size(self, unit: dict[str, Any]) -> int:
         return len(unit["context"]) + len(unit["suffix"])
@@ -322,6 +330,10 @@ class Probabilistic(Method):
                             seed=context.seed),
                 mean_metric("log10_p_z_median", log10, seed=context.seed, statistic=np.median, label="median"),
                 rate_metric("greedy_extractable_rate", sum(r["greedy_exact"] for r in records), len(records))]
+
+    @classmethod
+    def report_sections(cls, evaluation: EvaluationResult, records: Records) -> list[Section]:
+        return probabilistic_sections(evaluation, records)
 
 
 def extraction_odds(log_p: float, n: int, target: float) -> dict[str, Any]:
@@ -421,6 +433,10 @@ class Exposure(Method):
         return [Metric("exposure_max", float(max(values)), n=len(values)),
                 mean_metric("exposure_mean", values, seed=context.seed),
                 mean_metric("exposure_median", values, seed=context.seed, statistic=np.median, label="median")]
+
+    @classmethod
+    def report_sections(cls, evaluation: EvaluationResult, records: Records) -> list[Section]:
+        return exposure_sections(evaluation, records)
 
 
 def _nth_string(index: int, alphabet: str, length: int) -> str:
@@ -613,7 +629,7 @@ class Untargeted(Method):
         return [{"index": i, "prompt": prompts[i % len(prompts)]} for i in range(p.num_samples)]
 
     def _corpus_index(self, context: Any) -> Any:
-        from memeval.corpus import CorpusIndex, corpus_fingerprint
+        from memeval.api import CorpusIndex, corpus_fingerprint
 
         fingerprint = corpus_fingerprint(context.stream_texts(self.params.corpus))
         return CorpusIndex.open_or_build(context.cache_dir / "corpus-index", fingerprint, self.params.match_chars,
@@ -658,6 +674,10 @@ class Untargeted(Method):
         metrics.append(rate_metric("memorized_fraction", sum(r["memorized"] for r in records), len(records)))
         context.artifact("top_candidates", tops)
         return metrics
+
+    @classmethod
+    def report_sections(cls, evaluation: EvaluationResult, records: Records) -> list[Section]:
+        return untargeted_sections(evaluation, records)
 
 
 def ranking_score(ranking: str, nll: np.ndarray, text: str, window: int, lower: Any, ref: Any) -> float:
@@ -705,13 +725,6 @@ def memeval_register(registry: Registry) -> None:
 
 
 # -- report sections -------------------------------------------------------------------------------
-
-
-@hookimpl
-def memeval_report_sections(evaluation: EvaluationResult, records: Records) -> list[Section] | None:
-    build = {Discoverable.name: discoverable_sections, Probabilistic.name: probabilistic_sections,
-             Exposure.name: exposure_sections, Untargeted.name: untargeted_sections}.get(evaluation.method)
-    return build(evaluation, records) if build else None
 
 
 def discoverable_sections(evaluation: EvaluationResult, records: Records) -> list[Section]:

@@ -8,14 +8,23 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
-from memeval import hookimpl
-from memeval.data import Sample
-from memeval.method import Method, MetricSpec, Params
-from memeval.models.base import fit_to_context
-from memeval.registry import Registry
-from memeval.report.sections import TOP_N, Records, Section, Sensitive, Table, histogram_of
-from memeval.results import EvaluationResult
-from memeval.stats import mean_metric
+from memeval.api import (
+    TOP_N,
+    EvaluationResult,
+    Method,
+    MetricSpec,
+    Params,
+    Records,
+    Registry,
+    Sample,
+    Section,
+    Sensitive,
+    Table,
+    fit_to_context,
+    histogram_of,
+    hookimpl,
+    mean_metric,
+)
 
 
 class LossParams(Params):
@@ -78,19 +87,16 @@ class LMLoss(Method):
                 mean_metric("perplexity_median", perplexities, seed=context.seed, statistic=np.median,
                             label="median")]
 
+    @classmethod
+    def report_sections(cls, evaluation: EvaluationResult, records: Records) -> list[Section]:
+        blocks: list = [histogram_of([r["loss"] for r in records], "Per-sample loss", "mean token NLL (nats)")]
+        lowest = records.top(TOP_N, key=lambda r: -r["loss"])
+        blocks.append(Table(["id", "loss", "perplexity", "tokens", "text"],
+                            [[r["id"], r["loss"], r["perplexity"], r["n_tokens"], Sensitive(r.get("text") or "")]
+                             for r in lowest], title="Lowest-loss samples (the best predicted)"))
+        return [Section("Loss", [b for b in blocks if b is not None])]
+
 
 @hookimpl
 def memeval_register(registry: Registry) -> None:
     registry.add_method(LMLoss)
-
-
-@hookimpl
-def memeval_report_sections(evaluation: EvaluationResult, records: Records) -> list[Section] | None:
-    if evaluation.method != LMLoss.name:
-        return None
-    blocks: list = [histogram_of([r["loss"] for r in records], "Per-sample loss", "mean token NLL (nats)")]
-    lowest = records.top(TOP_N, key=lambda r: -r["loss"])
-    blocks.append(Table(["id", "loss", "perplexity", "tokens", "text"],
-                        [[r["id"], r["loss"], r["perplexity"], r["n_tokens"], Sensitive(r.get("text") or "")]
-                         for r in lowest], title="Lowest-loss samples (the best predicted)"))
-    return [Section("Loss", [b for b in blocks if b is not None])]

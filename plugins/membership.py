@@ -10,16 +10,26 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from memeval import hookimpl
-from memeval.data import Sample
-from memeval.method import Method, MetricSpec, Params
-from memeval.models.base import TokenScores, fit_to_context
-from memeval.registry import Registry
-from memeval.report.sections import TOP_N, LinePlot, Records, Section, Sensitive, Series, Table
-from memeval.results import EvaluationResult, Metric
-from memeval.stats import (
+from memeval.api import (
+    TOP_N,
+    EvaluationResult,
+    LinePlot,
+    Method,
+    Metric,
+    MetricSpec,
+    Params,
+    Records,
+    Registry,
+    Sample,
+    Section,
+    Sensitive,
+    Series,
+    Table,
+    TokenScores,
     best_balanced_accuracy,
     cross_validated_scores,
+    fit_to_context,
+    hookimpl,
     roc_auc,
     roc_curve,
     roc_metric,
@@ -193,6 +203,29 @@ class MembershipAttack(Method):
                                          "ties": "tied scores share a threshold; AUC counts ties one half"})
         return metrics
 
+    @classmethod
+    def report_sections(cls, evaluation: EvaluationResult, records: Records) -> list[Section]:
+        blocks: list = []
+        curves = evaluation.artifacts.get("roc", {})
+        if curves:
+            series = [Series(name, curve["fpr"], curve["tpr"]) for name, curve in curves.items()]
+            blocks.append(LinePlot("ROC of each attack (blind: model-free baseline)", "false positive rate",
+                                   "true positive rate", series, (0.0, 1.0), (0.0, 1.0), diagonal=True))
+            smallest = min((f for c in curves.values() for f in c["fpr"] if f > 0), default=1.0)
+            blocks.append(LinePlot("The same ROC, log FPR (the low-FPR regime attacks are judged in)",
+                                   "false positive rate (log)", "true positive rate", series, (smallest, 1.0), (0.0, 1.0),
+                                   diagonal=True, log_x=True))
+        aucs = [m for m in evaluation.metrics if m.name.endswith("_auc") and m.name not in ("best_auc", "blind_auc")]
+        if aucs:
+            attack = max(aucs, key=lambda m: m.value).name.removesuffix("_auc")
+            top = records.top(TOP_N, key=lambda r: r["scores"][attack])
+            blocks.append(Table(["id", "member", f"{attack} score", "tokens", "text"],
+                                [[r["id"], r["member"], r["scores"][attack], r["n_tokens"], Sensitive(r["text"])]
+                                 for r in top],
+                                title=f"Samples the best attack ({attack}) is surest are members"))
+        return [Section("Membership inference", blocks,
+                        "Every attack's score is higher for samples it believes are members.")]
+
 
 def attack_score(attack: str, target: TokenScores, text: str, k: float, lower: TokenScores | None,
                  ref: TokenScores | None) -> float:
@@ -284,29 +317,3 @@ def _thin_curve(fpr: np.ndarray, tpr: np.ndarray) -> dict[str, list[float]]:
 @hookimpl
 def memeval_register(registry: Registry) -> None:
     registry.add_method(MembershipAttack)
-
-
-@hookimpl
-def memeval_report_sections(evaluation: EvaluationResult, records: Records) -> list[Section] | None:
-    if evaluation.method != MembershipAttack.name:
-        return None
-    blocks: list = []
-    curves = evaluation.artifacts.get("roc", {})
-    if curves:
-        series = [Series(name, curve["fpr"], curve["tpr"]) for name, curve in curves.items()]
-        blocks.append(LinePlot("ROC of each attack (blind: model-free baseline)", "false positive rate",
-                               "true positive rate", series, (0.0, 1.0), (0.0, 1.0), diagonal=True))
-        smallest = min((f for c in curves.values() for f in c["fpr"] if f > 0), default=1.0)
-        blocks.append(LinePlot("The same ROC, log FPR (the low-FPR regime attacks are judged in)",
-                               "false positive rate (log)", "true positive rate", series, (smallest, 1.0), (0.0, 1.0),
-                               diagonal=True, log_x=True))
-    aucs = [m for m in evaluation.metrics if m.name.endswith("_auc") and m.name not in ("best_auc", "blind_auc")]
-    if aucs:
-        attack = max(aucs, key=lambda m: m.value).name.removesuffix("_auc")
-        top = records.top(TOP_N, key=lambda r: r["scores"][attack])
-        blocks.append(Table(["id", "member", f"{attack} score", "tokens", "text"],
-                            [[r["id"], r["member"], r["scores"][attack], r["n_tokens"], Sensitive(r["text"])]
-                             for r in top],
-                            title=f"Samples the best attack ({attack}) is surest are members"))
-    return [Section("Membership inference", blocks,
-                    "Every attack's score is higher for samples it believes are members.")]

@@ -1,7 +1,7 @@
 """A test plugin (loaded with `-p broken_plugin`) whose method always raises."""
 
 from memeval import hookimpl
-from memeval.method import Method, MetricSpec
+from memeval.api import Method, MetricSpec
 
 
 class Broken(Method):

@@ -20,7 +20,7 @@ def test_paired_ci_matches_scipy_paired_bootstrap(tmp_path):
     for name, values in (("base", base), ("new", new)):
         (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"id": f"s{i}", "loss": v}) + "\n"
                                                         for i, v in enumerate(values)))
-    from memeval.report.sections import Records
+    from memeval.results import Records
 
     low, high, n = _paired_ci(Records(tmp_path / "base.jsonl"), Records(tmp_path / "new.jsonl"),
                               MetricSpec("loss_mean", "", False, "loss"), seed=0)

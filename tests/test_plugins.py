@@ -133,7 +133,7 @@ def test_same_name_twice_is_a_plugin_error(tmp_path, monkeypatch):
             registry.add_method(LMLoss)
     """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    from memeval.registry import RegistryError
+    from memeval.errors import RegistryError
 
     with pytest.raises(RegistryError, match="registered by both"):
         build_registry(make_plugin_manager(["dup_plugin"]))

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from memeval.errors import UsageError
 from memeval.models.base import AdapterContext, CausalLM, TokenScores, greedy_head
+from memeval.threads import TorchThreads
 
 WEIGHT_AND_CONFIG_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.json", "*.model",
                            "*.txt", "*.tiktoken")
@@ -508,24 +509,3 @@ def _token_scores(logits: Any, targets: Any, lengths: list[int]) -> list[TokenSc
                         mean_logprob=arrays["mean_logprob"][row, :n - 1].astype(np.float32),
                         std_logprob=arrays["std_logprob"][row, :n - 1].astype(np.float32))
             for row, n in enumerate(lengths)]
-
-
-class TorchThreads:
-    """Temporarily set torch's CPU thread count (tiny models run fastest on one thread)."""
-
-    def __init__(self, threads: int | None):
-        self.threads = threads
-        self.saved: int | None = None
-
-    def __enter__(self) -> None:
-        import torch
-
-        if self.threads:
-            self.saved = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-
-    def __exit__(self, *exc: object) -> None:
-        import torch
-
-        if self.saved is not None:
-            torch.set_num_threads(self.saved)

@@ -22,7 +22,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from memeval.data import Sample, fingerprint, iter_texts
 from memeval.models.base import AdapterContext
-from memeval.models.hf_causal import HFCausal, HFCausalParams, TorchThreads
+from memeval.models.hf_causal import HFCausal, HFCausalParams
+from memeval.threads import TorchThreads
 
 RECIPE_FORMAT = 2  # bump when training changes in a way that should retrain cached models
 BOS = "<|endoftext|>"

@@ -3,12 +3,12 @@
 Reporters render a `RunResult` (live at the end of a run, or loaded from `run.json` by
 `memeval report`); they never compute metrics. A reporter registered with `registry.add_reporter`
 that has a `write(report: ReportContext) -> Path` method can be asked for by name in a suite's
-`report:` block and by `memeval report --format`.
+`report: {formats: [...]}` and by `memeval report --format`; this module (the builtin plugin
+`reports`) writes the asked-for ones at the end of every run.
 """
 
 from __future__ import annotations
 
-import math
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,43 +16,48 @@ from typing import Any
 
 import jinja2
 
-from memeval.report.sections import Records, Section, Sensitive, Text
-from memeval.results import EvaluationResult, Metric, RunResult
+from memeval import hookimpl
+from memeval.blocks import Section, Sensitive, Text
+from memeval.errors import UsageError
+from memeval.formatting import ci_text, number
+from memeval.method import Method
+from memeval.registry import Registry
+from memeval.results import EvaluationResult, Metric, Records, RunDir, RunResult
+from memeval.stash import StashKey
 
-FILE_FORMATS = ("json", "html", "markdown", "junit")
+REPORT_CONTEXT = StashKey["ReportContext"]()  # in the session's stash once the reports are written
 
 
 @dataclass
 class ReportContext:
+    """One run being reported: every file reporter of a run renders from the same context, so they
+    share the sections plugins contribute (asked for once per evaluation)."""
+
     run: RunResult
-    run_dir: Path
+    run_dir: RunDir
     redact: bool
-    hook: Any  # the plugin manager's hook relay, asked for sections
+    hook: Any           # the plugin manager's hook relay, asked for sections
+    registry: Registry  # method classes by name (their `report_sections`) and the reporters
     out_dir: Path | None = None  # where reports go (default: the run directory)
     _sections: dict[str, list[Section]] = field(default_factory=dict)
 
-    @classmethod
-    def of_session(cls, session: Any, result: RunResult) -> ReportContext:
-        """One context per session, so HTML and Markdown share the sections they ask plugins for."""
-        if session.report_context is None:
-            session.report_context = cls(result, session.out_dir, session.suite.spec.report.redact,
-                                         session.config.hook)
-        return session.report_context
-
     def __post_init__(self) -> None:
-        self.out_dir = self.out_dir or self.run_dir
+        self.out_dir = self.out_dir or self.run_dir.directory
 
     def records(self, evaluation: EvaluationResult) -> Records:
-        return Records(self.run_dir / evaluation.records_path if evaluation.records_path else None)
+        return self.run_dir.records(evaluation)
 
     def sections(self, evaluation: EvaluationResult) -> list[Section]:
-        """Every plugin's sections for one evaluation. A plugin that fails gets an error note in
-        its place instead of taking the whole report down."""
+        """Every plugin's sections for one evaluation (its method's first). A plugin that fails
+        gets an error note in its place instead of taking the whole report down."""
         if evaluation.id not in self._sections:
+            method = self.registry.get("method", evaluation.method) \
+                if evaluation.method in self.registry.names("method") else None
             found: list[Section] = []
             for impl in reversed(self.hook.memeval_report_sections.get_hookimpls()):
+                given = {"evaluation": evaluation, "records": self.records(evaluation), "method": method}
                 try:
-                    found += impl.function(evaluation=evaluation, records=self.records(evaluation)) or []
+                    found += impl.function(**{name: given[name] for name in impl.argnames}) or []
                 except Exception:
                     found.append(Section(f"report section of plugin {impl.plugin_name!r} failed",
                                          [Text(traceback.format_exc(limit=3))]))
@@ -70,27 +75,50 @@ class ReportContext:
         return format_value(value)
 
 
-def write_if_asked(name: str, reporter: type, session: Any, result: RunResult) -> None:
-    """At the end of a run: write `reporter`'s file when the suite's `report:` asks for `name`."""
-    if name in session.suite.spec.report.formats():
-        reporter().write(ReportContext.of_session(session, result))
+def file_reporter(registry: Registry, name: str) -> Any:
+    """The reporter class registered as `name`, which must write a file (`write(report)`)."""
+    cls = registry.get("reporter", name)
+    if not callable(getattr(cls, "write", None)):
+        raise UsageError(f"reporter {name!r} writes no file (it reports on the terminal)")
+    return cls
+
+
+def write_reports(report: ReportContext, formats: list[str]) -> list[Path]:
+    """Write each asked-for report, run.json first (a failing reporter must not cost the results).
+    Every reporter gets its turn; the first failure is raised after the last has written."""
+    written, failures = [], []
+    for name in sorted(dict.fromkeys(formats), key=lambda n: n != "json"):
+        try:
+            written.append(file_reporter(report.registry, name)().write(report))
+        except Exception as exc:  # noqa: PERF203 - each reporter on its own
+            failures.append(exc)
+    if failures:
+        raise failures[0]
+    return written
+
+
+@hookimpl(trylast=True)  # after the terminal's summary line, which must show even if a reporter fails
+def memeval_sessionfinish(session: Any, result: RunResult, exitstatus: int) -> None:
+    report = ReportContext(result, RunDir.at(session.out_dir), session.suite.spec.report.redact,
+                           session.config.hook, session.config.registry)
+    session.stash[REPORT_CONTEXT] = report
+    write_reports(report, session.suite.spec.report.formats)
+
+
+@hookimpl
+def memeval_report_sections(evaluation: EvaluationResult, records: Records,
+                            method: type[Method] | None) -> list[Section] | None:
+    """A method's own sections come from its `report_sections` classmethod."""
+    return method.report_sections(evaluation, records) if method is not None else None
 
 
 def format_value(value: Any) -> str:
-    if value is None:
-        return "n/a"
+    """A table cell's text: numbers as everywhere else, yes/no for booleans."""
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, float):
-        return "n/a" if not math.isfinite(value) else f"{value:.4g}"
+    if value is None or isinstance(value, float):
+        return number(value)
     return str(value)
-
-
-def format_ci(metric: Metric) -> str:
-    if metric.ci_low is None or metric.ci_high is None:
-        return ""
-    level = f"{metric.ci_level:.0%} " if metric.ci_level else ""
-    return f"{level}[{format_value(metric.ci_low)}, {format_value(metric.ci_high)}]"
 
 
 def direction(metric: Metric) -> str:
@@ -105,6 +133,6 @@ def templates(autoescape: bool) -> jinja2.Environment:
                              autoescape=autoescape, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
     env.filters["num"] = format_value
-    env.filters["ci"] = format_ci
+    env.filters["ci"] = ci_text
     env.filters["direction"] = direction
     return env

@@ -9,10 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from memeval import hookimpl
-from memeval.registry import Registry
-from memeval.report import svg
-from memeval.report.base import ReportContext, templates, write_if_asked
-from memeval.report.sections import (
+from memeval.blocks import (
     Block,
     ComparedSample,
     Comparison,
@@ -23,6 +20,9 @@ from memeval.report.sections import (
     Table,
     Text,
 )
+from memeval.registry import Registry
+from memeval.report import svg
+from memeval.report.base import ReportContext, templates
 from memeval.results import RunResult
 
 TOKEN = re.compile(r"\s+|[^\W\d]+|\d|[^\w\s]")  # digits one by one: a code off by one digit shows it
@@ -103,8 +103,3 @@ def gate_rows(run: RunResult) -> list[dict[str, Any]]:
 @hookimpl
 def memeval_register(registry: Registry) -> None:
     registry.add_reporter("html", HtmlReporter)
-
-
-@hookimpl
-def memeval_sessionfinish(session, result: RunResult, exitstatus: int) -> None:
-    write_if_asked("html", HtmlReporter, session, result)

@@ -6,8 +6,7 @@ from pathlib import Path
 
 from memeval import hookimpl
 from memeval.registry import Registry
-from memeval.report.base import ReportContext, write_if_asked
-from memeval.results import RunResult
+from memeval.report.base import ReportContext
 
 
 class JsonReporter:
@@ -24,8 +23,3 @@ class JsonReporter:
 @hookimpl
 def memeval_register(registry: Registry) -> None:
     registry.add_reporter("json", JsonReporter)
-
-
-@hookimpl(tryfirst=True)  # run.json first: a failing reporter after it must not cost the results
-def memeval_sessionfinish(session, result: RunResult, exitstatus: int) -> None:
-    write_if_asked("json", JsonReporter, session, result)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from memeval import hookimpl
 from memeval.registry import Registry
-from memeval.report.base import ReportContext, format_value, write_if_asked
-from memeval.results import EvaluationResult, GateVerdict, Metric, RunResult
+from memeval.report.base import ReportContext, format_value
+from memeval.results import EvaluationResult, GateVerdict, Metric
 
 NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
@@ -99,8 +99,3 @@ class JunitReporter:
 @hookimpl
 def memeval_register(registry: Registry) -> None:
     registry.add_reporter("junit", JunitReporter)
-
-
-@hookimpl
-def memeval_sessionfinish(session, result: RunResult, exitstatus: int) -> None:
-    write_if_asked("junit", JunitReporter, session, result)

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from memeval import hookimpl
+from memeval.blocks import Comparison, Sensitive, Table
 from memeval.registry import Registry
-from memeval.report.base import ReportContext, templates, write_if_asked
-from memeval.report.sections import Comparison, Sensitive, Table
-from memeval.results import RunResult
+from memeval.report.base import ReportContext, templates
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~-])")
 
@@ -63,8 +62,3 @@ class MarkdownReporter:
 @hookimpl
 def memeval_register(registry: Registry) -> None:
     registry.add_reporter("markdown", MarkdownReporter)
-
-
-@hookimpl
-def memeval_sessionfinish(session, result: RunResult, exitstatus: int) -> None:
-    write_if_asked("markdown", MarkdownReporter, session, result)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from memeval.report.sections import Histogram, LinePlot
+from memeval.blocks import Histogram, LinePlot
 
 WIDTH, HEIGHT = 520, 300
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 58, 16, 14, 44

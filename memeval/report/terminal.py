@@ -5,21 +5,15 @@ from __future__ import annotations
 import sys
 
 from memeval import hookimpl
+from memeval.formatting import metric_text, number
 from memeval.registry import Registry
-from memeval.results import EvaluationResult, Metric, RunResult
+from memeval.results import EvaluationResult, RunResult
 
 MARKS = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR"}
 
 
 def _write(text: str = "") -> None:
     print(text, file=sys.stdout, flush=True)
-
-
-def format_metric(metric: Metric) -> str:
-    text = f"{metric.name}={metric.value:.4g}" if metric.value is not None else f"{metric.name}=n/a"
-    if metric.ci_low is not None and metric.ci_high is not None and metric.ci_low == metric.ci_low:
-        text += f" [{metric.ci_low:.4g}, {metric.ci_high:.4g}]"
-    return text
 
 
 class TerminalReporter:
@@ -47,12 +41,12 @@ class TerminalReporter:
                f"{result.seconds:.1f}s{setup})")
         if self.verbosity >= 0:
             for metric in result.metrics:
-                _write(f"    {format_metric(metric)}")
+                _write(f"    {metric_text(metric)}")
         for gate in result.gates:
             if not gate.passed:
                 _write(f"    gate FAILED: {gate.message}")
             elif self.verbosity > 0:
-                _write(f"    gate passed: {gate.metric} {gate.rule} (value {gate.value:.4g})")
+                _write(f"    gate passed: {gate.metric} {gate.rule} (value {number(gate.value)})")
         for warning in result.warnings:
             _write(f"    warning: {warning}")
         if result.error:

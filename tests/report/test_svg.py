@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from memeval.blocks import Histogram, LinePlot, Series, histogram_of
 from memeval.report import svg
-from memeval.report.sections import Histogram, LinePlot, Series, histogram_of
 
 
 @pytest.mark.parametrize(("low", "high", "expected"), [

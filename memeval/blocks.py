@@ -1,7 +1,7 @@
-"""What a method plugin contributes to the reports: sections made of typed blocks.
+"""Report blocks: what a method contributes to the reports, as typed data.
 
 A plugin never writes HTML. It returns `Section`s built from the blocks below (plots, tables, the
-most memorized samples next to the truth) from `memeval_report_sections`, and the reporters render
+most memorized samples next to the truth) from `Method.report_sections`, and the reporters render
 them: escaped, in inline SVG, with `Sensitive` text masked when the suite asks for redaction.
 Data only, so the same section renders in HTML and Markdown and cannot inject markup.
 """
@@ -9,12 +9,8 @@ Data only, so the same section renders in HTML and Markdown and cannot inject ma
 from __future__ import annotations
 
 import hashlib
-import heapq
-import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -107,32 +103,23 @@ class Section:
     description: str = ""
 
 
-class Records:
-    """An evaluation's records, streamed from `records/<id>.jsonl` (never all held in memory)."""
-
-    def __init__(self, path: Path | None):
-        self.path = path
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self.path is None or not self.path.is_file():
-            return
-        with open(self.path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield json.loads(line)
-
-    def top(self, n: int, key: Callable[[dict[str, Any]], float],
-            where: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
-        """The n records with the largest key (ties keep file order), in one streaming pass."""
-        chosen = (r for r in self if where is None or where(r))
-        return heapq.nlargest(n, chosen, key=key)
-
-
-def histogram_of(values: list[float], title: str, x_label: str, bins: int = 20,
-                 value_range: tuple[float, float] | None = None) -> Histogram | None:
-    """A histogram block of finite values (None when there are none)."""
-    finite = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
-    if finite.size == 0:
+def histogram_counts(values: Iterable[float | None], bins: int, lower: float | None = None,
+                     upper: float | None = None) -> dict[str, list[float]] | None:
+    """Bin edges and counts of the finite values (None when there are none). Values are clipped
+    into [lower, upper] (e.g. a BLEU of 1.0000000000000004 stays in the last bin); a missing bound is
+    the data's own."""
+    data = np.asarray([v for v in values if v is not None and np.isfinite(v)], dtype=np.float64)
+    if data.size == 0:
         return None
-    counts, edges = np.histogram(finite, bins=bins, range=value_range)
-    return Histogram(title, x_label, edges.round(6).tolist(), counts.tolist())
+    low = float(data.min()) if lower is None else lower
+    high = max(float(data.max()) if upper is None else upper, low + 1e-9)
+    counts, edges = np.histogram(np.clip(data, low, high), bins=bins, range=(low, high))
+    return {"edges": edges.round(6).tolist(), "counts": counts.tolist()}
+
+
+def histogram_of(values: Iterable[float | None], title: str, x_label: str, bins: int = 20,
+                 value_range: tuple[float, float] | None = None) -> Histogram | None:
+    """A histogram block of the finite values (None when there are none)."""
+    lower, upper = value_range or (None, None)
+    counts = histogram_counts(values, bins, lower, upper)
+    return Histogram(title, x_label, counts["edges"], counts["counts"]) if counts else None
