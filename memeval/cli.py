@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import signal
@@ -18,6 +17,7 @@ from memeval.errors import ExitCode, UsageError
 from memeval.options import CACHE_MODES, model_override, positive_int, seed
 from memeval.plugins import build_registry, distributions, make_plugin_manager
 from memeval.registry import UnknownName
+from memeval.results import run_directories
 from memeval.suite import SuiteErrors
 
 EXIT_CODES_HELP = """exit codes: 0 all gates passed, 1 a gate failed, 2 interrupted, 3 internal error,
@@ -107,33 +107,12 @@ def _plugin_args(argv: list[str]) -> list[str]:
     return found
 
 
-def out_dirs(suites: list[str], base: str | None) -> list[Path]:
-    """One run directory per suite: --out itself for one suite, --out/<stem> for several (stems made
-    unique), else memeval-runs/<stem>-<time> (made unique if it exists)."""
-    stems: list[str] = []
-    for suite in suites:
-        stem, n = Path(suite).stem, 2
-        while stem in stems:
-            stem, n = f"{Path(suite).stem}-{n}", n + 1
-        stems.append(stem)
-    if base:
-        return [Path(base)] if len(suites) == 1 else [Path(base) / stem for stem in stems]
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    dirs = []
-    for stem in stems:
-        path, n = Path("memeval-runs") / f"{stem}-{stamp}", 2
-        while path.exists():
-            path, n = Path("memeval-runs") / f"{stem}-{stamp}-{n}", n + 1
-        dirs.append(path)
-    return dirs
-
-
 def cmd_run(config: Config) -> ExitCode:
     from memeval.runner import run_suite
 
     options = config.options
     codes = []
-    for path, out_dir in zip(options.suites, out_dirs(options.suites, options.out), strict=True):
+    for path, out_dir in zip(options.suites, run_directories(options.suites, options.out), strict=True):
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"--out {out_dir}: exists and is not a directory")
         codes.append(run_suite(config, path, out_dir))

@@ -433,7 +433,7 @@ class _State:
         """Run directories are given out for every suite with selected items at once, as
         `memeval run` gives them out for its suites."""
         if self._out_dirs is None:
-            from memeval.cli import out_dirs
+            from memeval.results import run_directories
 
             nodes = list(dict.fromkeys(i.suite_node.path for i in node.session.items if isinstance(i, MemevalItem)))
             paths = [_suite_arg(p) for p in nodes]
@@ -441,9 +441,9 @@ class _State:
             if not base:
                 factory = getattr(self.config, "_tmp_path_factory", None)  # the tmp_path plugin's
                 root = factory.getbasetemp() / "memeval" if factory is not None else Path(".memeval-pytest")
-                dirs = out_dirs(paths, str(root)) if len(paths) > 1 else [root / Path(p).stem for p in paths]
+                dirs = run_directories(paths, str(root)) if len(paths) > 1 else [root / Path(p).stem for p in paths]
             else:
-                dirs = out_dirs(paths, base)
+                dirs = run_directories(paths, base)
             self._out_dirs = {node: Path(d).absolute() for node, d in zip(nodes, dirs, strict=True)}
         return self._out_dirs[node.path]
 

@@ -6,6 +6,7 @@ Versioned like Inspect's eval logs: bump RUN_SCHEMA_VERSION on any change a read
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
 import json
 import math
@@ -200,3 +201,24 @@ class RunDir:
         except (ValueError, TypeError, AttributeError, KeyError) as exc:
             raise UsageError(f"{self.directory}: not a readable memeval run (this memeval reads schema "
                              f"version {RUN_SCHEMA_VERSION}): {exc}") from None
+
+
+def run_directories(suites: list[str], base: str | None) -> list[Path]:
+    """One run directory per suite: --out itself for one suite, --out/<stem> for several (stems made
+    unique), else memeval-runs/<stem>-<time> (made unique if it exists)."""
+    stems: list[str] = []
+    for suite in suites:
+        stem, n = Path(suite).stem, 2
+        while stem in stems:
+            stem, n = f"{Path(suite).stem}-{n}", n + 1
+        stems.append(stem)
+    if base:
+        return [Path(base)] if len(suites) == 1 else [Path(base) / stem for stem in stems]
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    dirs = []
+    for stem in stems:
+        path, n = Path("memeval-runs") / f"{stem}-{stamp}", 2
+        while path.exists():
+            path, n = Path("memeval-runs") / f"{stem}-{stamp}-{n}", n + 1
+        dirs.append(path)
+    return dirs
