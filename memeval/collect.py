@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 
 from memeval.data import FILE_BUILDERS, data_files
 from memeval.errors import UsageError, did_you_mean
+from memeval.matrix import SEED, combinations, value_text, variant_id, with_path
 from memeval.method import Method
 from memeval.registry import Registry, UnknownName
 from memeval.results import RunDir
@@ -32,6 +33,13 @@ class Item:
     method_cls: type[Method]
     params: BaseModel
     keywords: set[str] = field(default_factory=set)
+    matrix: dict[str, Any] = field(default_factory=dict)  # this cell's values, when the spec has a matrix
+    base_id: str | None = None                             # the spec's own id, for a matrix cell
+
+    @property
+    def seed(self) -> int | None:
+        """The seed this cell sets (a matrix over `seed`), else None: the run's."""
+        return self.matrix.get(SEED)
 
     @property
     def id(self) -> str:
@@ -47,6 +55,7 @@ class Collector:
     suite: SuiteFile
     registry: Registry
     errors: list[UsageError] = field(default_factory=list)
+    model_cells: dict[str, list[tuple[str, dict[str, Any]]]] = field(default_factory=dict)  # matrix models
 
     def fail(self, loc: tuple[Any, ...], message: str) -> None:
         self.errors.append(self.suite.error(loc, message))
@@ -91,7 +100,8 @@ def apply_baseline_override(suite: SuiteFile, baseline: str | None) -> None:
 
 
 def collect(suite: SuiteFile, registry: Registry) -> list[Item]:
-    """All evaluation items of a suite, or SuiteErrors listing every problem found."""
+    """All evaluation items of a suite (a matrix expanded into one item per cell), or SuiteErrors
+    listing every problem found."""
     c = Collector(suite, registry)
     model_adapters = _check_models(c)
     _check_datasets(c)
@@ -103,33 +113,100 @@ def collect(suite: SuiteFile, registry: Registry) -> list[Item]:
         if spec.id in seen:
             c.fail((*loc, "id"), f"duplicate evaluation id {spec.id!r} (also evaluations[{seen[spec.id]}])")
         seen.setdefault(spec.id, index)
-        item = _check_evaluation(c, spec, loc, model_adapters)
-        if item is not None:
-            items.append(Item(suite, spec, index, item[0], item[1],
-                              keywords={spec.id, spec.method, spec.model or "", spec.dataset or "", suite.spec.suite}))
+        for cell, assignment in _evaluation_cells(c, spec, loc):
+            checked = _check_evaluation(c, cell, loc, model_adapters)
+            if checked is not None:
+                keywords = {cell.id, spec.id, spec.method, cell.model or "", cell.dataset or "", suite.spec.suite,
+                            *(f"{k}={value_text(v)}" for k, v in assignment.items())}
+                items.append(Item(suite, cell, index, *checked, keywords=keywords, matrix=assignment,
+                                  base_id=spec.id if assignment else None))
     if c.errors:
-        raise SuiteErrors(sorted(c.errors, key=lambda e: e.line or 0))
+        raise SuiteErrors(sorted({str(e): e for e in c.errors}.values(), key=lambda e: e.line or 0))
     return items
 
 
+def _evaluation_cells(c: Collector, spec: EvaluationSpec, loc: tuple[Any, ...]
+                      ) -> list[tuple[EvaluationSpec, dict[str, Any]]]:
+    """The evaluation itself, or one copy per cell of its matrix crossed with its model's matrix."""
+    cells = []
+    for own in combinations(spec.matrix):
+        fields: dict[str, Any] = {k: v for k, v in own.items() if k in ("model", "dataset")}
+        params = spec.params
+        for key, value in own.items():
+            if key.startswith("params."):
+                try:
+                    params = with_path(params, key.removeprefix("params."), value)
+                except ValueError as exc:
+                    c.fail((*loc, "matrix", key), str(exc))
+                    return []
+        model = fields.get("model", spec.model)
+        for model_name, model_cell in c.model_cells.get(model, [(model, {})]):
+            clash = own.keys() & model_cell.keys()
+            if clash:
+                c.fail((*loc, "matrix"), f"{', '.join(sorted(clash))} is set by both this matrix and model "
+                                         f"{model!r}'s")
+                return []
+            assignment = {**model_cell, **own}
+            cells.append((spec.model_copy(update={"id": variant_id(spec.id, assignment), "model": model_name,
+                                                  "params": params, "matrix": {}, **{k: v for k, v in fields.items()
+                                                                                     if k != "model"}}),
+                          assignment))
+    return cells
+
+
 def _check_models(c: Collector) -> dict[str, Any]:
+    """Adapters by model name, a matrix's cells included (they become models of the suite)."""
     adapters = {}
-    for name, spec in c.suite.spec.models.items():
+    for name, spec in list(c.suite.spec.models.items()):
         loc = ("models", name)
         adapter = c.lookup("adapter", spec.adapter, (*loc, "adapter"))
         if adapter is None:
             continue
-        params = c.validate_params(adapter.Params, spec.params, loc)
-        if params is None:
-            continue
-        adapters[name] = adapter
-        for key, dataset in adapter.dataset_refs(params):
-            if dataset not in c.suite.spec.datasets:
-                c.fail((*loc, key), f"unknown dataset {dataset!r}{did_you_mean(dataset, c.suite.spec.datasets)}")
-        path = getattr(params, "path", None)  # None when a model comes from an installed package
-        if isinstance(path, str) and _looks_local(path) and not c.suite.resolve_path(path).exists():
-            c.fail((*loc, "path"), f"model path {str(c.suite.resolve_path(path))!r} does not exist")
+        if spec.matrix:
+            c.model_cells[name] = []
+        for cell_name, cell_spec, assignment in _model_cells(c, name, spec, adapter):
+            if _check_model(c, loc, adapter, cell_spec):
+                adapters[cell_name] = adapter
+            if spec.matrix:
+                c.suite.spec.models[cell_name] = cell_spec
+                c.model_cells[name].append((cell_name, assignment))
     return adapters
+
+
+def _model_cells(c: Collector, name: str, spec: ModelSpec, adapter: Any) -> list[tuple[str, ModelSpec, dict[str, Any]]]:
+    """(name, spec, matrix values) of each model a spec stands for: itself, or its matrix's cells.
+    `seed` sets the adapter's own `seed` param if it has one, else the seed the model is built with."""
+    if not spec.matrix:
+        return [(name, spec, {})]
+    cells = []
+    for assignment in combinations(spec.matrix):
+        params = spec.params
+        for key, value in assignment.items():
+            if key == SEED and SEED not in adapter.Params.model_fields:
+                continue
+            try:
+                params = with_path(params, key, value)
+            except ValueError as exc:
+                c.fail(("models", name, "matrix", key), str(exc))
+                return []
+        cell_name = variant_id(name, assignment)
+        if SEED in assignment and SEED not in adapter.Params.model_fields:
+            c.suite.model_seeds[cell_name] = int(assignment[SEED])
+        cells.append((cell_name, ModelSpec(adapter=spec.adapter, **params), assignment))
+    return cells
+
+
+def _check_model(c: Collector, loc: tuple[Any, ...], adapter: Any, spec: ModelSpec) -> bool:
+    params = c.validate_params(adapter.Params, spec.params, loc)
+    if params is None:
+        return False
+    for key, dataset in adapter.dataset_refs(params):
+        if dataset not in c.suite.spec.datasets:
+            c.fail((*loc, key), f"unknown dataset {dataset!r}{did_you_mean(dataset, c.suite.spec.datasets)}")
+    path = getattr(params, "path", None)  # None when a model comes from an installed package
+    if isinstance(path, str) and _looks_local(path) and not c.suite.resolve_path(path).exists():
+        c.fail((*loc, "path"), f"model path {str(c.suite.resolve_path(path))!r} does not exist")
+    return True
 
 
 def _looks_local(path: str) -> bool:

@@ -63,6 +63,8 @@ class EvaluationResult:
     started_at: str | None = None
     seconds: float = 0.0
     setup_seconds: float = 0.0  # building the model (training a recipe, loading weights) before the first batch
+    base_id: str | None = None  # the evaluation's id in the suite, when it is one cell of a matrix
+    matrix: dict[str, Any] = field(default_factory=dict)  # that cell's values (model's and evaluation's)
 
     def metric(self, name: str) -> Metric | None:
         return next((m for m in self.metrics if m.name == name), None)
@@ -89,6 +91,7 @@ class RunResult:
     finished_at: str | None = None
     seconds: float = 0.0
     baseline: dict[str, Any] | None = None  # the saved run compared against (--baseline) and the deltas
+    aggregates: list[dict[str, Any]] = field(default_factory=list)  # matrix cells that differ only by seed
     schema_version: int = RUN_SCHEMA_VERSION
 
     @classmethod

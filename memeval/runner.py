@@ -29,6 +29,7 @@ from memeval.config import Config
 from memeval.data import rows_to_samples, stream_texts
 from memeval.errors import ExitCode, UsageError
 from memeval.gates import judge
+from memeval.matrix import aggregate_over_seeds
 from memeval.models.base import AdapterContext, CachedCausalLM, CausalLM, ModelAdapter
 from memeval.results import EvaluationResult, Metric, RunDir, RunResult
 from memeval.sample import Sample
@@ -61,7 +62,7 @@ class EvaluationContext:
 
     @property
     def seed(self) -> int:
-        return self.session.seed
+        return self.item.seed if self.item.seed is not None else self.session.seed
 
     @property
     def model(self) -> Any:
@@ -198,7 +199,8 @@ class Session:
     def _build_model(self, name: str) -> ModelAdapter | CachedCausalLM:
         spec = self.suite.spec.models[name]
         adapter_cls = self.config.registry.get("adapter", spec.adapter)
-        context = AdapterContext(base_dir=self.suite.base_dir, seed=self.seed, cache=self.cache,
+        seed = self.suite.model_seeds.get(name, self.seed)  # a matrix cell over `seed` brings its own
+        context = AdapterContext(base_dir=self.suite.base_dir, seed=seed, cache=self.cache,
                                  cache_dir=self.config.cache_dir, load_dataset=self._training_data, log=self.log)
         try:
             adapter = adapter_cls(adapter_cls.Params.model_validate(spec.params), context)
@@ -300,6 +302,7 @@ def run_suite(config: Config, path: str, out_dir: Path) -> ExitCode:
             session.current = item
             result.evaluations.append(run_item(session, item))
         exit_code = _exit_code(result.evaluations) if items else ExitCode.NO_EVALUATIONS
+        result.aggregates = aggregate_over_seeds(result.evaluations)
         result.status = "completed"
         if getattr(config.options, "baseline", None) is not None:
             result.baseline = compare_with_baseline(config, session)
@@ -361,6 +364,7 @@ def run_item(session: Session, item: Item) -> EvaluationResult:
                                       status="error", error="".join(traceback.format_exception(exc)))
             result.n_samples = context.n_records
     result.records_path = session.run_dir.records_ref(item.id)
+    result.base_id, result.matrix = item.base_id, item.matrix
     result.warnings = context.warnings
     result.artifacts = context.artifacts
     result.started_at, result.seconds = started_at, round(time.perf_counter() - started, 3)

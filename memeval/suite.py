@@ -62,6 +62,26 @@ class GateSpec(Strict):
         return self.max_increase is not None or self.max_decrease is not None
 
 
+MATRIX_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+
+
+def check_matrix(matrix: dict[str, Any]) -> dict[str, list[Any]]:
+    """Each key a (dotted) name, each value a non-empty list of distinct scalars."""
+    for key, values in matrix.items():
+        if not MATRIX_KEY.fullmatch(key):
+            raise ValueError(f"matrix key {key!r} is not a name or a dotted path (e.g. noise.rate)")
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"matrix[{key!r}] must be a non-empty list of values, got {values!r}")
+        if any(isinstance(v, dict | list) for v in values):
+            raise ValueError(f"matrix[{key!r}] values must be plain values (numbers, strings, booleans)")
+        if len({repr(v) for v in values}) != len(values):
+            raise ValueError(f"matrix[{key!r}] repeats a value")
+    return matrix
+
+
+EVALUATION_MATRIX_KEYS = ("seed", "model", "dataset")  # and params.<path>
+
+
 class EvaluationSpec(Strict):
     id: str
     method: str
@@ -69,7 +89,19 @@ class EvaluationSpec(Strict):
     dataset: str | None = None
     description: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    matrix: dict[str, list[Any]] = Field(default_factory=dict, description=(
+        "one evaluation per combination of values, as pytest's parametrize: keys seed, model, dataset "
+        "or params.<name>"))
     gates: list[GateSpec] = Field(default_factory=list)
+
+    @field_validator("matrix")
+    @classmethod
+    def _matrix_keys(cls, matrix: dict[str, Any]) -> dict[str, list[Any]]:
+        for key in check_matrix(matrix):
+            if key not in EVALUATION_MATRIX_KEYS and not key.startswith("params."):
+                raise ValueError(f"matrix key {key!r}: expected seed, model, dataset or params.<name> "
+                                 f"(did you mean 'params.{key}'?)")
+        return matrix
 
     @field_validator("id")
     @classmethod
@@ -105,10 +137,17 @@ class DatasetSpec(Strict):
 
 
 class ModelSpec(BaseModel):
-    """`adapter` picks the adapter; the other keys are that adapter's params."""
+    """`adapter` picks the adapter; `matrix` makes one model per combination of values (of `seed`
+    and of the adapter's params by dotted path); the other keys are that adapter's params."""
 
     model_config = ConfigDict(extra="allow")
     adapter: str
+    matrix: dict[str, list[Any]] = Field(default_factory=dict)
+
+    @field_validator("matrix")
+    @classmethod
+    def _matrix_keys(cls, matrix: dict[str, Any]) -> dict[str, list[Any]]:
+        return check_matrix(matrix)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -166,6 +205,7 @@ class SuiteFile:
     spec: Suite
     lines: dict[Loc, int] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
+    model_seeds: dict[str, int] = field(default_factory=dict)  # matrix cells of a model with their own seed
 
     @property
     def base_dir(self) -> Path:

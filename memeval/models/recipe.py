@@ -18,20 +18,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from memeval.data import Sample, fingerprint, iter_texts
 from memeval.models.base import AdapterContext
 from memeval.models.hf_causal import HFCausal, HFCausalParams
+from memeval.suite import Strict
 from memeval.threads import TorchThreads
 
 RECIPE_FORMAT = 2  # bump when training changes in a way that should retrain cached models
 BOS = "<|endoftext|>"
 PAD = "<|pad|>"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class TokenizerRecipe(Strict):

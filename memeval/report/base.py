@@ -17,7 +17,7 @@ from typing import Any
 import jinja2
 
 from memeval import hookimpl
-from memeval.blocks import Section, Sensitive, Text
+from memeval.blocks import LinePlot, Section, Sensitive, Series, Table, Text
 from memeval.errors import UsageError
 from memeval.formatting import ci_text, number
 from memeval.method import Method
@@ -73,6 +73,53 @@ class ReportContext:
         if isinstance(value, Sensitive):
             return value.masked() if self.redact else value.text
         return format_value(value)
+
+
+def across_seeds(run: RunResult) -> list[Section]:
+    """The matrix cells that differ only by seed, aggregated: a table of each metric's mean and
+    CI over the seeds, and each metric drawn against every numeric matrix parameter, one line per
+    evaluation of the suite (e.g. per training method)."""
+    if not run.aggregates:
+        return []
+    rows = [[a["id"], m["name"], m["mean"], m["ci_low"], m["ci_high"], m["n"], a.get("errored", 0)]
+            for a in run.aggregates for m in a["metrics"]]
+    table = Table(["cells", "metric", "mean over seeds", "CI low", "CI high", "seeds", "errored"], rows)
+    return [Section("Across seeds", [table, *_parameter_plots(run.aggregates)],
+                    "Means over the seeds of each matrix cell, with a Student-t CI (seeds as replicates).")]
+
+
+def _parameter_plots(aggregates: list[dict[str, Any]]) -> list[LinePlot]:
+    plots = []
+    for method in dict.fromkeys(a["method"] for a in aggregates):
+        same = [a for a in aggregates if a["method"] == method]
+        numeric = [k for k in dict.fromkeys(k for a in same for k in a["matrix"])
+                   if all(isinstance(a["matrix"].get(k), int | float) and not isinstance(a["matrix"].get(k), bool)
+                          for a in same)]
+        for key in numeric:
+            for metric in dict.fromkeys(m["name"] for a in same for m in a["metrics"]):
+                series = _series_along(same, key, metric)
+                if any(len(s.x) > 1 for s in series):
+                    plots.append(LinePlot(f"{metric} against {key}", key, metric, series, markers=True))
+    return plots
+
+
+def _series_along(aggregates: list[dict[str, Any]], key: str, metric: str) -> list[Series]:
+    """One line per evaluation (and per value of the other matrix parameters)."""
+    lines: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    for a in aggregates:
+        found = next((m for m in a["metrics"] if m["name"] == metric), None)
+        if found is None:
+            continue
+        others = ",".join(f"{k}={v}" for k, v in a["matrix"].items() if k != key)
+        lines.setdefault(a["evaluation"] + (f" [{others}]" if others else ""), []).append((a["matrix"][key], found))
+    series = []
+    for name, points in lines.items():
+        points.sort(key=lambda p: p[0])
+        bands = all(p[1]["ci_low"] is not None for p in points)
+        series.append(Series(name, [float(x) for x, _ in points], [m["mean"] for _, m in points],
+                             [m["ci_low"] for _, m in points] if bands else None,
+                             [m["ci_high"] for _, m in points] if bands else None))
+    return series
 
 
 def file_reporter(registry: Registry, name: str) -> Any:

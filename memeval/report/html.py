@@ -22,7 +22,7 @@ from memeval.blocks import (
 )
 from memeval.registry import Registry
 from memeval.report import svg
-from memeval.report.base import ReportContext, templates
+from memeval.report.base import ReportContext, across_seeds, templates
 from memeval.results import RunResult
 
 TOKEN = re.compile(r"\s+|[^\W\d]+|\d|[^\w\s]")  # digits one by one: a code off by one digit shows it
@@ -86,7 +86,8 @@ class HtmlReporter:
                         "sections": [section_view(s, report) for s in report.sections(e)]}
                        for e in report.run.evaluations]
         page = templates(autoescape=True).get_template("html/report.html.j2").render(
-            run=report.run, evaluations=evaluations, redact=report.redact, gates=gate_rows(report.run))
+            run=report.run, evaluations=evaluations, redact=report.redact, gates=gate_rows(report.run),
+            across_seeds=[section_view(s, report) for s in across_seeds(report.run)])
         path = report.out_dir / self.filename
         path.write_text(page, encoding="utf-8")
         return path

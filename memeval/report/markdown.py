@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from memeval import hookimpl
-from memeval.blocks import Comparison, Sensitive, Table
+from memeval.blocks import Comparison, Section, Sensitive, Table
 from memeval.registry import Registry
-from memeval.report.base import ReportContext, templates
+from memeval.report.base import ReportContext, across_seeds, templates
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~-])")
 
@@ -22,10 +22,10 @@ def md_escape(value: Any) -> str:
     return re.sub(r"\s+", " ", MARKDOWN_SPECIAL.sub(r"\\\1", text)).strip()
 
 
-def tables(report: ReportContext, evaluation: Any) -> list[dict[str, Any]]:
-    """The tabular part of the plugin sections (plots stay in the HTML report)."""
+def tables(report: ReportContext, sections: list[Section]) -> list[dict[str, Any]]:
+    """The tabular part of report sections (plots stay in the HTML report)."""
     out = []
-    for section in report.sections(evaluation):
+    for section in sections:
         for block in section.blocks:
             if isinstance(block, Table):
                 out.append({"title": f"{section.title}: {block.title}".rstrip(": "), "columns": block.columns,
@@ -47,9 +47,10 @@ class MarkdownReporter:
     def write(self, report: ReportContext) -> Path:
         env = templates(autoescape=False)
         env.filters["md"] = md_escape
-        evaluations = [{"result": e, "tables": tables(report, e)} for e in report.run.evaluations]
-        text = env.get_template("markdown/summary.md.j2").render(run=report.run, evaluations=evaluations,
-                                                                 redact=report.redact)
+        evaluations = [{"result": e, "tables": tables(report, report.sections(e))} for e in report.run.evaluations]
+        text = env.get_template("markdown/summary.md.j2").render(
+            run=report.run, evaluations=evaluations, redact=report.redact,
+            across_seeds=tables(report, across_seeds(report.run)))
         path = report.out_dir / self.filename
         path.write_text(text, encoding="utf-8")
         summary = os.environ.get("GITHUB_STEP_SUMMARY")

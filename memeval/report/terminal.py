@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from memeval import hookimpl
-from memeval.formatting import metric_text, number
+from memeval.formatting import interval, metric_text, number
 from memeval.registry import Registry
 from memeval.results import EvaluationResult, RunResult
 
@@ -54,6 +54,12 @@ class TerminalReporter:
 
     @hookimpl
     def memeval_sessionfinish(self, session, result: RunResult, exitstatus: int) -> None:
+        if result.aggregates and self.verbosity >= 0:
+            _write("--- across seeds (mean [Student-t CI] over the seeds of each matrix cell) ---")
+            for group in result.aggregates:
+                _write(f"{group['id']} (seeds {', '.join(map(str, group['seeds']))})")
+                for m in group["metrics"]:
+                    _write(f"    {m['name']}={number(m['mean'])} {interval(m['ci_low'], m['ci_high'])}".rstrip())
         counts: dict[str, int] = {}
         for evaluation in result.evaluations:
             counts[evaluation.status] = counts.get(evaluation.status, 0) + 1
