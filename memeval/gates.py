@@ -6,7 +6,7 @@ import math
 from functools import cache
 from typing import Any
 
-from memeval.results import EvaluationResult, GateVerdict, RunDir
+from memeval.results import EvaluationResult, GateVerdict, Metric, RunDir
 from memeval.suite import GateSpec, SuiteFile
 
 
@@ -25,22 +25,55 @@ def baseline_metric(run: RunDir, evaluation_id: str, metric: str) -> float | Non
     return None
 
 
+def rule_text(gate: GateSpec) -> str:
+    """The gate's rule as it reads: '>= 0.9', '>= 0.3 and <= 1 on ci_high', 'increase <= 0.01'."""
+    parts = [f">= {gate.min:g}" if gate.min is not None else "", f"<= {gate.max:g}" if gate.max is not None else "",
+             f"increase <= {gate.max_increase:g}" if gate.max_increase is not None else "",
+             f"decrease <= {gate.max_decrease:g}" if gate.max_decrease is not None else ""]
+    rule = " and ".join(p for p in parts if p)
+    return f"{rule} on {gate.on}" if gate.on != "value" else rule
+
+
+def not_judged(gate: GateSpec, reason: str) -> GateVerdict:
+    """The verdict of a gate whose evaluation errored: counted as an error, never as a pass."""
+    return GateVerdict(gate.metric, False, rule_text(gate), None, message=reason, errored=True)
+
+
 def judge(gate: GateSpec, result: EvaluationResult, suite: SuiteFile) -> GateVerdict:
     metric = result.metric(gate.metric)
     value = metric.value if metric is not None else None
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return GateVerdict(gate.metric, False, "value is a number", value, message=f"{gate.metric} was not computed")
-    if gate.min is not None and value < gate.min:
-        return GateVerdict(gate.metric, False, f">= {gate.min:g}", value, gate.min,
-                           message=f"{gate.metric} = {value:.6g} is below the minimum {gate.min:g}")
-    if gate.max is not None and value > gate.max:
-        return GateVerdict(gate.metric, False, f"<= {gate.max:g}", value, gate.max,
-                           message=f"{gate.metric} = {value:.6g} is above the maximum {gate.max:g}")
+    judged = value if gate.on == "value" else getattr(metric, gate.on)
+    what = gate.metric if gate.on == "value" else f"the {gate.on} of {gate.metric}"
+    if (gate.min is not None or gate.max is not None) and (judged is None or math.isnan(judged)):
+        return GateVerdict(gate.metric, False, rule_text(gate), value,
+                           message=f"{gate.metric} has no CI, so {what} cannot be judged")
+    threshold = gate.max if gate.max is not None else gate.min
+    if gate.min is not None and judged < gate.min:
+        return GateVerdict(gate.metric, False, rule_text(gate), value, gate.min,
+                           message=f"{what} = {judged:.6g} is below the minimum {gate.min:g}")
+    if gate.max is not None and judged > gate.max:
+        return GateVerdict(gate.metric, False, rule_text(gate), value, gate.max,
+                           message=f"{what} = {judged:.6g} is above the maximum {gate.max:g}")
     if gate.baseline is not None:
         return _judge_against_baseline(gate, value, result.id, suite.saved_run(gate.baseline))
-    rule = " and ".join(r for r in (gate.min is not None and f">= {gate.min:g}",
-                                    gate.max is not None and f"<= {gate.max:g}") if r)
-    return GateVerdict(gate.metric, True, rule, value, gate.max if gate.max is not None else gate.min)
+    return GateVerdict(gate.metric, True, rule_text(gate), value, threshold, note=fragility(gate, metric))
+
+
+def fragility(gate: GateSpec, metric: Metric) -> str:
+    """A warning when a gate judged on the value passes although its CI reaches past a threshold:
+    the verdict could flip on another sample of the data."""
+    if gate.on != "value" or metric.ci_low is None or metric.ci_high is None:
+        return ""
+    crossed = [t for t in (gate.min, gate.max) if t is not None and metric.ci_low < t < metric.ci_high]
+    if not crossed:
+        return ""
+    level = f"{metric.ci_level:.0%} " if metric.ci_level else ""
+    bound = "ci_high" if gate.max is not None and gate.max in crossed else "ci_low"
+    return (f"gate {gate.metric} {rule_text(gate)} passes at {metric.value:.4g}, but its {level}CI "
+            f"[{metric.ci_low:.4g}, {metric.ci_high:.4g}] crosses {crossed[0]:g}: the verdict could flip on "
+            f"other samples (gate on: {bound} to require the whole CI)")
 
 
 def _judge_against_baseline(gate: GateSpec, value: float, evaluation_id: str, run: RunDir) -> GateVerdict:

@@ -64,6 +64,10 @@ class Registry:
             raise UnknownName(kind, name, list(table))
         return table[name].obj
 
+    def table(self, kind: str) -> dict[str, Any]:
+        """Everything registered of one kind, by name."""
+        return {name: entry.obj for name, entry in self.entries[kind].items()}
+
     def names(self, kind: str) -> list[str]:
         return sorted(self.entries[kind])
 

@@ -42,6 +42,8 @@ class GateVerdict:
     threshold: float | None = None
     baseline_value: float | None = None
     message: str = ""
+    errored: bool = False  # not judged: the evaluation errored (a failure, never a pass)
+    note: str = ""         # e.g. a verdict the metric's CI could flip
 
 
 @dataclass
@@ -103,6 +105,25 @@ class RunResult:
 
     def to_dict(self) -> dict[str, Any]:
         return _finite(asdict(self))
+
+    def verdict(self) -> dict[str, Any]:
+        """The run at a glance: PASSED, FAILED (k of n gates), ERROR or INTERRUPTED, with the counts."""
+        gates = [g for e in self.evaluations for g in e.gates]
+        failed = sum(not g.passed and not g.errored for g in gates)
+        errored = sum(g.errored for g in gates)
+        errors = sum(e.status == "error" for e in self.evaluations)
+        if self.status == "interrupted":
+            label = "INTERRUPTED"
+        elif self.status == "error" or errors:
+            label = "ERROR"
+        elif failed:
+            label = "FAILED"
+        elif not self.evaluations:
+            label = "NOTHING RAN"
+        else:
+            label = "PASSED"
+        return {"label": label, "exit_code": self.exit_code, "gates": len(gates), "failed": failed,
+                "errored": errored, "passed": len(gates) - failed - errored, "errored_evaluations": errors}
 
     def write(self, path: Path) -> None:
         tmp = path.with_suffix(".json.tmp")

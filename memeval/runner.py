@@ -28,7 +28,7 @@ from memeval.compare import SavedRun, compare_runs, comparison_record
 from memeval.config import Config
 from memeval.data import rows_to_samples, stream_texts
 from memeval.errors import ExitCode, UsageError
-from memeval.gates import judge
+from memeval.gates import judge, not_judged
 from memeval.matrix import aggregate_over_seeds
 from memeval.models.base import AdapterContext, CachedCausalLM, CausalLM, ModelAdapter
 from memeval.results import EvaluationResult, Metric, RunDir, RunResult
@@ -201,7 +201,8 @@ class Session:
         adapter_cls = self.config.registry.get("adapter", spec.adapter)
         seed = self.suite.model_seeds.get(name, self.seed)  # a matrix cell over `seed` brings its own
         context = AdapterContext(base_dir=self.suite.base_dir, seed=seed, cache=self.cache,
-                                 cache_dir=self.config.cache_dir, load_dataset=self._training_data, log=self.log)
+                                 cache_dir=self.config.cache_dir, load_dataset=self._training_data, log=self.log,
+                                 trainers=self.config.registry.table("trainer"))
         try:
             adapter = adapter_cls(adapter_cls.Params.model_validate(spec.params), context)
             self.result.models[name] = adapter.identity()
@@ -351,6 +352,7 @@ def run_item(session: Session, item: Item) -> EvaluationResult:
                 after = model.counter.snapshot()
                 result.model_calls = {k: after[k] - before[k] for k in after}
             result.gates = [judge(gate, result, session.suite) for gate in item.spec.gates]
+            context.warnings += [v.note for v in result.gates if v.note]
             result.status = "passed" if all(v.passed for v in result.gates) else "failed"
         except UsageError as exc:
             if exc.file is None and item.spec.model:  # e.g. a tokenizer that failed to load lazily
@@ -363,6 +365,7 @@ def run_item(session: Session, item: Item) -> EvaluationResult:
                                       dataset=item.spec.dataset, params=item.params.model_dump(mode="json"),
                                       status="error", error="".join(traceback.format_exception(exc)))
             result.n_samples = context.n_records
+            result.gates = [not_judged(gate, f"not judged: evaluation {item.id!r} errored") for gate in item.spec.gates]
     result.records_path = session.run_dir.records_ref(item.id)
     result.base_id, result.matrix = item.base_id, item.matrix
     result.warnings = context.warnings

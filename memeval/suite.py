@@ -39,6 +39,9 @@ class GateSpec(Strict):
                                                    "run given with --baseline, which also overrides this)")
     max_increase: float | None = None
     max_decrease: float | None = None
+    on: Literal["value", "ci_low", "ci_high"] = Field("value", description=(
+        "what min/max judge: the metric's value, or a bound of its CI (e.g. max on ci_high passes only when "
+        "the whole CI is under the maximum)"))
 
     @model_validator(mode="after")
     def _has_a_threshold(self) -> GateSpec:
@@ -51,6 +54,8 @@ class GateSpec(Strict):
         for key in ("max_increase", "max_decrease"):
             if numbers.get(key, 0.0) < 0:
                 raise ValueError(f"'{key}' must be >= 0")
+        if self.on != "value" and self.relative:
+            raise ValueError("'on' applies to min/max; a baseline gate compares values")
         if self.baseline is not None and not self.relative:
             raise ValueError("'baseline' needs 'max_increase' or 'max_decrease'")
         if self.min is None and self.max is None and not self.relative:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -30,6 +30,7 @@ class AdapterContext:
     cache_dir: Path
     load_dataset: Callable[[str], list[Sample]]
     log: Callable[[str], None] = lambda message: None
+    trainers: Mapping[str, Any] = field(default_factory=dict)  # training methods by name (the registry's)
 
 
 class ModelAdapter:

@@ -61,9 +61,10 @@ def gate_case(suite: ET.Element, evaluation: EvaluationResult, gate: GateVerdict
 
 def evaluation_suite(root: ET.Element, evaluation: EvaluationResult, suite_name: str) -> None:
     classname = f"{suite_name}.{evaluation.id}"
-    errors = int(evaluation.status == "error")
-    gates = evaluation.gates or [GateVerdict("evaluation", evaluation.status != "error", "runs", None)]
-    failures = 0 if errors else sum(not g.passed for g in evaluation.gates)
+    errored = evaluation.status == "error"
+    gates = evaluation.gates or [GateVerdict("evaluation", not errored, "runs", None, errored=errored)]
+    errors = sum(g.errored for g in gates)
+    failures = sum(not g.passed and not g.errored for g in gates)
     suite = ET.SubElement(root, "testsuite", name=classname, tests=str(len(gates)), failures=str(failures),
                           errors=str(errors), skipped="0", time=f"{evaluation.seconds:.3f}",
                           timestamp=evaluation.started_at or "")

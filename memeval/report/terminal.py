@@ -43,7 +43,9 @@ class TerminalReporter:
             for metric in result.metrics:
                 _write(f"    {metric_text(metric)}")
         for gate in result.gates:
-            if not gate.passed:
+            if gate.errored:
+                _write(f"    gate ERROR: {gate.metric} {gate.rule}: {gate.message}")
+            elif not gate.passed:
                 _write(f"    gate FAILED: {gate.message}")
             elif self.verbosity > 0:
                 _write(f"    gate passed: {gate.metric} {gate.rule} (value {number(gate.value)})")
@@ -63,14 +65,17 @@ class TerminalReporter:
         counts: dict[str, int] = {}
         for evaluation in result.evaluations:
             counts[evaluation.status] = counts.get(evaluation.status, 0) + 1
-        gates = [g for e in result.evaluations for g in e.gates]
+        verdict = result.verdict()
         parts = [f"{n} {status}" for status, n in counts.items()] or ["no evaluations ran"]
-        parts.append(f"{sum(g.passed for g in gates)}/{len(gates)} gates passed")
+        parts.append(f"{verdict['passed']}/{verdict['gates']} gates passed")
+        if verdict["errored"]:
+            parts.append(f"{verdict['errored']} not judged (evaluation errored)")
         if result.status == "interrupted":
             parts.append("interrupted")
         if result.baseline is not None:
             parts.append(f"{result.baseline['regressions']} regression(s) against the baseline")
-        _write(f"=== {', '.join(parts)} in {result.seconds:.1f}s; run directory {session.out_dir} ===")
+        _write(f"=== {verdict['label']}: {', '.join(parts)} in {result.seconds:.1f}s; run directory "
+               f"{session.out_dir} ===")
 
 
 @hookimpl

@@ -18,6 +18,6 @@ def test_summary_and_step_summary(tiny_suite, run_cli, tmp_path, monkeypatch):
     suite = tiny_suite(extra="report: {markdown: true}\n")
     assert run_cli("run", suite, "--out", tmp_path / "run")[0] == 0
     summary = (tmp_path / "run" / "summary.md").read_text()
-    assert "1/1 gates passed" in summary
+    assert "PASSED: memeval tiny, 1 of 1 gates passed" in summary
     assert "| train\\-loss | loss\\_mean |" in summary and "✅ pass" in summary
     assert step.read_text() == "earlier step\n" + summary + "\n"  # appended, not overwritten
