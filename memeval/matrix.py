@@ -60,14 +60,15 @@ def with_path(data: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
 def aggregate_over_seeds(evaluations: Iterable[EvaluationResult], level: float = DEFAULT_LEVEL) -> list[dict[str, Any]]:
     """For each group of evaluations that share a base id and every matrix value but the seed:
     each metric's mean over the seeds with a Student-t CI (the seeds as independent replicates).
-    Errored evaluations are left out, and counted."""
+    Errored evaluations are left out, and counted; a group of one seed is no aggregate."""
     groups: dict[tuple[str, str], list[EvaluationResult]] = {}
     for evaluation in evaluations:
         if evaluation.base_id is None or SEED not in evaluation.matrix:
             continue
         rest = {k: v for k, v in evaluation.matrix.items() if k != SEED}
         groups.setdefault((evaluation.base_id, variant_id(evaluation.base_id, rest)), []).append(evaluation)
-    return [_aggregate(base, group_id, members, level) for (base, group_id), members in groups.items()]
+    return [_aggregate(base, group_id, members, level) for (base, group_id), members in groups.items()
+            if len(members) > 1]  # one seed is no replicate (e.g. -k chose it)
 
 
 def _aggregate(base: str, group_id: str, members: list[EvaluationResult], level: float) -> dict[str, Any]:

@@ -205,7 +205,7 @@ class Session:
                                  trainers=self.config.registry.table("trainer"))
         try:
             adapter = adapter_cls(adapter_cls.Params.model_validate(spec.params), context)
-            self.result.models[name] = adapter.identity()
+            self.result.models[name] = {**adapter.identity(), **adapter.details()}
         except UsageError as exc:
             raise exc if exc.file else self.suite.error(("models", name), exc.message) from None
         return CachedCausalLM(adapter, self.cache) if isinstance(adapter, CausalLM) else adapter

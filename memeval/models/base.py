@@ -54,6 +54,11 @@ class ModelAdapter:
         """What makes this model's outputs what they are (path, weights hash, dtype...)."""
         raise NotImplementedError
 
+    def details(self) -> dict[str, Any]:
+        """What run.json and the report should say about the model beyond its identity (e.g. how a
+        recipe trained); not part of any cache key."""
+        return {}
+
     @property
     def identity_key(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:24]

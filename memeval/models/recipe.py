@@ -14,6 +14,8 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -118,8 +120,28 @@ class Recipe(HFCausal):
     def identity(self) -> dict[str, Any]:
         ident = dict(super().identity())
         ident["adapter"] = self.name
-        ident["recipe"] = json.loads((Path(self.location) / "recipe.json").read_text())["recipe_hash"]
+        ident["recipe"] = self._saved["recipe_hash"]
         return ident
+
+    def details(self) -> dict[str, Any]:
+        """The recipe's size and its training-loss curve (for run.json and the report)."""
+        log = self._saved.get("log", [])
+        arch = self.recipe.architecture
+        return {"training": {"parameters": self._parameter_count(), "layers": arch.n_layer, "width": arch.n_embd,
+                             "epochs": self.recipe.training.epochs, "documents": self._saved.get("documents"),
+                             "seconds": round(sum(e["seconds"] for e in log), 2),
+                             "loss_curve": [round(e["loss"], 6) for e in log]}}
+
+    @cached_property
+    def _saved(self) -> dict[str, Any]:
+        return json.loads((Path(self.location) / "recipe.json").read_text())
+
+    def _parameter_count(self) -> int:
+        """From the weights file's header: no model is loaded (a warm run may never need one)."""
+        from safetensors import safe_open
+
+        with safe_open(Path(self.location) / "model.safetensors", framework="np") as weights:
+            return int(sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys()))  # noqa: SIM118
 
 
 def recipe_hash(params: RecipeParams, data_fingerprint: str, seed: int, init_from: str | None = None) -> str:
@@ -148,8 +170,9 @@ def trained_model_dir(params: RecipeParams, samples: list[Sample], context: Adap
     try:
         start = f" from {base.name}" if base else ""
         context.log(f"training recipe model {key}{start} on {len(samples)} documents")
-        log = train(params, list(iter_texts(samples)), context.seed, work, init=base)
-        info = {"recipe_hash": key, "recipe": params.model_dump(), "seed": context.seed,
+        log = train(params, list(iter_texts(samples)), context.seed, work, init=base,
+                    progress=epoch_reporter(params.training.epochs, context.log))
+        info = {"recipe_hash": key, "recipe": params.model_dump(), "seed": context.seed, "documents": len(samples),
                 **({"init_from": base.name} if base else {}), "log": log}
         (work / "recipe.json").write_text(json.dumps(info, indent=2))
         try:
@@ -160,6 +183,18 @@ def trained_model_dir(params: RecipeParams, samples: list[Sample], context: Adap
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
     return final
+
+
+def epoch_reporter(epochs: int, log: Callable[[str], None]) -> Callable[[dict[str, float]], None]:
+    """Log about ten progress lines over a training run (every epoch of a short one), and the last."""
+    every = max(1, math.ceil(epochs / 10))
+
+    def report(entry: dict[str, float]) -> None:
+        epoch = int(entry["epoch"])
+        if epoch % every == 0 or epoch == epochs:
+            log(f"  epoch {epoch}/{epochs}: training loss {entry['loss']:.4f} ({entry['seconds']:.1f} s)")
+
+    return report
 
 
 def byte_to_char() -> dict[int, str]:
@@ -198,8 +233,8 @@ def build_tokenizer(recipe: TokenizerRecipe, texts: list[str]) -> Any:
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=BOS, pad_token=PAD)
 
 
-def train(params: RecipeParams, texts: list[str], seed: int, out: Path, init: Path | None = None
-          ) -> list[dict[str, float]]:
+def train(params: RecipeParams, texts: list[str], seed: int, out: Path, init: Path | None = None,
+          progress: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
     """Train the model and save it (and its tokenizer) to `out`. Returns the per-epoch log. With
     `init` (a trained recipe model's directory), training starts from that model and its tokenizer."""
     import torch
@@ -235,6 +270,8 @@ def train(params: RecipeParams, texts: list[str], seed: int, out: Path, init: Pa
                 schedule.step()
                 losses.append(loss.item())
             log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started})
+            if progress is not None:
+                progress(log[-1])
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)

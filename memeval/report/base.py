@@ -131,10 +131,11 @@ def file_reporter(registry: Registry, name: str) -> Any:
 
 
 def write_reports(report: ReportContext, formats: list[str]) -> list[Path]:
-    """Write each asked-for report, run.json first (a failing reporter must not cost the results).
+    """Write run.json and each asked-for report, run.json first (a failing reporter must not cost
+    the results; `memeval report`, `compare` and `--baseline` read it, so it is always written).
     Every reporter gets its turn; the first failure is raised after the last has written."""
     written, failures = [], []
-    for name in sorted(dict.fromkeys(formats), key=lambda n: n != "json"):
+    for name in sorted(dict.fromkeys(["json", *formats]), key=lambda n: n != "json"):
         try:
             written.append(file_reporter(report.registry, name)().write(report))
         except Exception as exc:  # noqa: PERF203 - each reporter on its own

@@ -17,6 +17,7 @@ from memeval.blocks import (
     LinePlot,
     Section,
     Sensitive,
+    Series,
     Table,
     Text,
 )
@@ -87,10 +88,24 @@ class HtmlReporter:
                        for e in report.run.evaluations]
         page = templates(autoescape=True).get_template("html/report.html.j2").render(
             run=report.run, evaluations=evaluations, redact=report.redact, gates=gate_rows(report.run),
-            across_seeds=[section_view(s, report) for s in across_seeds(report.run)])
+            across_seeds=[section_view(s, report) for s in across_seeds(report.run)],
+            model_plots=model_plots(report))
         path = report.out_dir / self.filename
         path.write_text(page, encoding="utf-8")
         return path
+
+
+def model_plots(report: ReportContext) -> dict[str, dict[str, Any]]:
+    """A training-loss curve for each model memeval trained (recipes)."""
+    plots = {}
+    for name, identity in report.run.models.items():
+        curve = identity.get("training", {}).get("loss_curve") if isinstance(identity.get("training"), dict) else None
+        if curve:
+            epochs = [float(e) for e in range(1, len(curve) + 1)]
+            plot = LinePlot("Training loss", "epoch", "mean token NLL", [Series("training loss", epochs, curve)],
+                            markers=len(curve) <= 30)
+            plots[name] = block_view(plot, report)
+    return plots
 
 
 def gate_rows(run: RunResult) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from memeval.formatting import interval, metric_text, number
 from memeval.registry import Registry
 from memeval.results import EvaluationResult, RunResult
 
+DEFAULT_METRICS_SHOWN = 4  # of an evaluation without gates, at the default verbosity
 MARKS = {"passed": "PASSED", "failed": "FAILED", "error": "ERROR"}
 
 
@@ -40,8 +41,11 @@ class TerminalReporter:
         _write(f"{MARKS[result.status]:7} {result.id} ({result.method}, n={result.n_samples}, "
                f"{result.seconds:.1f}s{setup})")
         if self.verbosity >= 0:
-            for metric in result.metrics:
+            shown = self.metrics_to_show(result)
+            for metric in shown:
                 _write(f"    {metric_text(metric)}")
+            if len(shown) < len(result.metrics):
+                _write(f"    ({len(result.metrics) - len(shown)} more metrics: -v shows them, run.json has them)")
         for gate in result.gates:
             if gate.errored:
                 _write(f"    gate ERROR: {gate.metric} {gate.rule}: {gate.message}")
@@ -52,7 +56,19 @@ class TerminalReporter:
         for warning in result.warnings:
             _write(f"    warning: {warning}")
         if result.error:
-            _write("    " + result.error.rstrip().replace("\n", "\n    "))
+            error = result.error.rstrip()
+            if self.verbosity <= 0:  # the exception itself; the traceback with -v (and in run.json)
+                error = error.splitlines()[-1] + "  (-v shows the traceback)"
+            _write("    " + error.replace("\n", "\n    "))
+
+    def metrics_to_show(self, result: EvaluationResult) -> list:
+        """All with -v; else the gated ones, or the first few of an evaluation without gates."""
+        if self.verbosity > 0:
+            return result.metrics
+        gated = {g.metric for g in result.gates}
+        if gated:
+            return [m for m in result.metrics if m.name in gated]
+        return result.metrics[:DEFAULT_METRICS_SHOWN]
 
     @hookimpl
     def memeval_sessionfinish(self, session, result: RunResult, exitstatus: int) -> None:
