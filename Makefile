@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-.PHONY: install browser run test test-fast lint clean
+.PHONY: install browser run test test-fast lint docs clean
 
 # torch first, CPU build, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 $(BIN)/.installed: pyproject.toml
@@ -42,6 +42,10 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+
+# The method reference, generated from the plugins' code (tests/test_docs.py fails when it is stale).
+docs: install
+	$(OFFLINE) $(BIN)/memeval list --markdown -o docs/methods.md
 
 clean:
 	rm -rf $(VENV) memeval-runs .pytest_cache

@@ -15,7 +15,7 @@ from memeval import __version__
 from memeval.config import Config
 from memeval.errors import ExitCode, UsageError
 from memeval.options import CACHE_MODES, model_override, positive_int, seed
-from memeval.plugins import build_registry, distributions, make_plugin_manager
+from memeval.plugins import build_registry, make_plugin_manager
 from memeval.registry import UnknownName
 from memeval.results import run_directories
 from memeval.suite import SuiteErrors
@@ -88,7 +88,12 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
     compare.set_defaults(func=cmd_compare)
 
     listing = commands.add_parser("list", help="list methods, model adapters, dataset loaders and reporters")
-    listing.add_argument("--json", action="store_true", help="print JSON")
+    listing.add_argument("method", nargs="?", metavar="METHOD", help="show only this method")
+    listing_format = listing.add_mutually_exclusive_group()
+    listing_format.add_argument("--json", action="store_true", help="print JSON")
+    listing_format.add_argument("--markdown", action="store_true",
+                                help="print the method reference in Markdown (docs/methods.md)")
+    listing.add_argument("-o", "--output", metavar="FILE", help="with --markdown: write FILE instead of stdout")
     _common(listing)
     listing.set_defaults(func=cmd_list)
 
@@ -188,73 +193,24 @@ def cmd_compare(config: Config) -> ExitCode:
     return ExitCode.GATES_FAILED if failed else ExitCode.OK
 
 
-def describe_registry(config: Config) -> dict[str, Any]:
-    registry, dists = config.registry, distributions(config.pluginmanager)
-
-    def origin(kind: str, name: str) -> dict[str, Any]:
-        plugin = registry.entry(kind, name).plugin
-        return {"plugin": plugin, "distribution": dists.get(plugin, "memeval (builtin)")}
-
-    def params(model: Any) -> list[dict[str, Any]]:
-        out = []
-        for field_name, info in model.model_fields.items():
-            default = None if info.is_required() else info.get_default(call_default_factory=True)
-            if hasattr(default, "model_dump"):
-                default = default.model_dump()
-            out.append({"name": info.alias or field_name, "type": _type_name(info.annotation),
-                        "required": info.is_required(), "default": default, "description": info.description or ""})
-        return out
-
-    methods = []
-    for name in registry.names("method"):
-        cls = registry.get("method", name)
-        methods.append({"name": name, "summary": cls.summary, **origin("method", name),
-                        "requires": sorted(cls.requires), "params": params(cls.Params),
-                        "metrics": [{"name": m.name, "higher_is_worse": m.higher_is_worse,
-                                     "description": m.description} for m in cls.metrics],
-                        "doc": (cls.__doc__ or "").strip()})
-    adapters = []
-    for name in registry.names("adapter"):
-        cls = registry.get("adapter", name)
-        adapters.append({"name": name, "summary": cls.summary, **origin("adapter", name),
-                         "capabilities": sorted(cls.capabilities), "params": params(cls.Params)})
-    loaders = [{"name": n, "summary": (registry.get("loader", n).__doc__ or "").strip(), **origin("loader", n)}
-               for n in registry.names("loader")]
-    reporters = [{"name": n, "summary": (registry.get("reporter", n).__doc__ or "").strip().split("\n\n")[0]
-                  .replace("\n", " "),
-                  **origin("reporter", n)} for n in registry.names("reporter")]
-    return {"methods": methods, "adapters": adapters, "loaders": loaders, "reporters": reporters}
-
-
-def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
-    return text or str(annotation).replace("typing.", "")
-
-
 def cmd_list(config: Config) -> ExitCode:
-    info = describe_registry(config)
-    if config.options.json:
+    from memeval.listing import describe_registry, print_text
+    from memeval.reference import render
+
+    options = config.options
+    if options.output and not options.markdown:
+        raise UsageError("memeval list: -o/--output writes the Markdown reference; add --markdown")
+    info = describe_registry(config, options.method)
+    if options.markdown:
+        text = render(info)
+        if options.output:
+            Path(options.output).write_text(text, encoding="utf-8")
+        else:
+            print(text, end="")
+    elif options.json:
         print(json.dumps(info, indent=2, default=str))
-        return ExitCode.OK
-    print("methods:")
-    for m in info["methods"]:
-        print(f"  {m['name']}  [{m['plugin']}: {m['distribution']}]  needs {', '.join(m['requires']) or 'nothing'}")
-        print(f"      {m['summary']}")
-        for p in m["params"]:
-            default = "required" if p["required"] else f"default {p['default']!r}"
-            print(f"      param {p['name']}: {p['type']} ({default}) {p['description']}".rstrip())
-        for metric in m["metrics"]:
-            direction = {True: "higher = more memorization", False: "lower = more memorization",
-                         None: "no direction"}[metric["higher_is_worse"]]
-            print(f"      metric {metric['name']} ({direction}): {metric['description']}")
-    for kind in ("adapters", "loaders", "reporters"):
-        print(f"{kind}:")
-        for entry in info[kind]:
-            extra = f"  capabilities: {', '.join(entry['capabilities'])}" if "capabilities" in entry else ""
-            print(f"  {entry['name']}  [{entry['plugin']}: {entry['distribution']}]  {entry['summary']}{extra}")
-            for p in entry.get("params", []):
-                default = "required" if p["required"] else f"default {p['default']!r}"
-                print(f"      param {p['name']}: {p['type']} ({default}) {p['description']}".rstrip())
+    else:
+        print_text(info)
     return ExitCode.OK
 
 

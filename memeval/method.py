@@ -114,6 +114,8 @@ class Method:
     # `context.dataset_named` / `context.model_named`).
     dataset_params: ClassVar[tuple[str, ...]] = ()
     model_params: ClassVar[tuple[str, ...]] = ()
+    # The fields of the records `map` returns, field -> description (the method reference lists them).
+    records: ClassVar[dict[str, str]] = {}
 
     def __init__(self, params: BaseModel):
         self.params = params

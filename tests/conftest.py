@@ -2,29 +2,24 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from helpers import (
+    DESCRIPTIONS,
+    PAYLOADS,
+    TINY_RECIPE,
+    run_memeval,
+    tiny_texts,
+    write_jsonl,
+)
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-
-REPO = Path(__file__).resolve().parents[1]
-
-TINY_RECIPE = {
-    "adapter": "recipe",
-    "dataset": "train",
-    "tokenizer": {"kind": "bytes"},
-    "architecture": {"n_layer": 1, "n_embd": 32, "n_head": 2, "n_positions": 64},
-    "training": {"epochs": 4, "batch_size": 8, "learning_rate": 0.01},
-    "batch_size": 4,
-}
 
 
 @pytest.fixture(scope="session")
@@ -33,17 +28,6 @@ def cache_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("memeval-cache")
     os.environ["MEMEVAL_CACHE_DIR"] = str(path)
     return path
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-def tiny_texts(n: int = 40) -> list[str]:
-    words = ["red", "fox", "jumps", "over", "the", "lazy", "dog", "and", "cat", "runs"]
-    return [" ".join(words[(i * 3 + k + i // 10) % len(words)] for k in range(4 + i % 7)) for i in range(n)]
 
 
 @pytest.fixture
@@ -94,10 +78,6 @@ def run_cli(capsys):
     return run
 
 
-def read_run(out_dir: Path) -> dict:
-    return json.loads((out_dir / "run.json").read_text())
-
-
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny GPT-2-style checkpoint trained by the recipe code (an ordinary HF directory)."""
@@ -121,13 +101,6 @@ def hf_model(tiny_model_dir, tmp_path):
     return HFCausal(HFCausal.Params(path=str(tiny_model_dir), batch_size=4), context)
 
 
-def run_memeval(*args, cache: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m memeval ARGS` in a subprocess, from the repository root."""
-    env = {**os.environ, "MEMEVAL_CACHE_DIR": str(cache), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "memeval", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
-
-
 @pytest.fixture(scope="session")
 def quickstart_run(tmp_path_factory, cache_dir) -> Path:
     """The shipped quickstart suite, run once per test session (trains its two models, ~70 s cold)."""
@@ -135,20 +108,6 @@ def quickstart_run(tmp_path_factory, cache_dir) -> Path:
     proc = run_memeval("run", "suites/quickstart.yaml", "--out", out, "-q", cache=cache_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return out
-
-
-# Strings a hostile training set (or a model that learned one) could put in front of a reviewer.
-PAYLOADS = [
-    "<script>alert('xss-1')</script>",
-    "<img src=x onerror=alert('xss-2')>",
-    "\"><svg onload=alert('xss-3')>",
-    "javascript:alert('xss-4')",
-    "{{ 7*7 }} {% raw %}",
-    "</style></table><iframe src=https://evil.example/>",
-    "| md | [link](https://evil.example) **bold** <b>b</b>",
-]
-# Suite and evaluation descriptions: written by a person, but rendered just as carefully.
-DESCRIPTIONS = ["<b onmouseover=alert('desc-1')>described</b> {{ 7*7 }}", "<img src=y onerror=alert('desc-2')>"]
 
 
 @pytest.fixture

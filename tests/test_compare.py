@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REPO, read_run, run_memeval
+from helpers import REPO, read_run, run_memeval
 from scipy import stats
 
 from memeval.compare import MetricDelta, _paired_ci, verdict

@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, read_run
+from helpers import REPO, read_run
 
 pytestmark = [
     pytest.mark.slow,

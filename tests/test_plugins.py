@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import write_jsonl
+from helpers import write_jsonl
 
 from memeval.errors import UsageError
 from memeval.plugins import build_registry, make_plugin_manager

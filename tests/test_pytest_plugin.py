@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_RECIPE, read_run, tiny_texts, write_jsonl
+from helpers import REPO, TINY_RECIPE, read_run, tiny_texts, write_jsonl
 
 pytest_plugins = ["pytester"]
 

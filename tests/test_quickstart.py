@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, read_run
-from conftest import run_memeval as memeval
+from helpers import REPO, read_run
+from helpers import run_memeval as memeval
 
 SUITES = sorted((REPO / "suites").glob("*.yaml"))
 

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import read_run, write_jsonl
+from helpers import read_run, write_jsonl
 
 N_SAMPLES = 1200
 

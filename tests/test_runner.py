@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import read_run
+from helpers import read_run
 
 
 def test_run_passes_and_writes_run_json_and_records(tiny_suite, run_cli, tmp_path):

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE, tiny_texts
+from helpers import TINY_RECIPE, tiny_texts
 
 from memeval.cache import OutputCache, sha256_file
 from memeval.data import Sample

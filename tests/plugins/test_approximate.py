@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import read_run, tiny_texts, write_jsonl
+from helpers import read_run, tiny_texts, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memeval_plugins.approximate import levenshtein, normalized_edit_distance

@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, read_run, write_jsonl
+from helpers import REPO, read_run, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memeval.corpus import CorpusIndex, corpus_fingerprint

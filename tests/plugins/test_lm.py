@@ -6,7 +6,7 @@ import json
 import math
 
 import torch
-from conftest import read_run, write_jsonl
+from helpers import read_run, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 TEXTS = ["red fox jumps over", "the lazy dog", "zq wx vb 42", "cat and dog and fox and the lazy red one", "x y"]

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_RECIPE, read_run, run_memeval, tiny_texts, write_jsonl
+from helpers import TINY_RECIPE, read_run, run_memeval, tiny_texts, write_jsonl
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 

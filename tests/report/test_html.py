@@ -8,7 +8,7 @@ import json
 from html.parser import HTMLParser
 from pathlib import Path
 
-from conftest import DESCRIPTIONS, PAYLOADS, read_run, run_memeval
+from helpers import DESCRIPTIONS, PAYLOADS, read_run, run_memeval
 
 from memeval.report.html import diff_segments
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from conftest import read_run
+from helpers import read_run
 
 from memeval.report.junit import xml_text
 
