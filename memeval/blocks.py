@@ -9,6 +9,7 @@ Data only, so the same section renders in HTML and Markdown and cannot inject ma
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -19,14 +20,16 @@ TOP_N = 10  # samples a report shows per table or comparison (aggregates cover t
 
 @dataclass(frozen=True)
 class Sensitive:
-    """Text that may be memorized training data: shown as is, or masked under `redact: true`
-    (its length and a hash prefix stay, so two masked texts can still be told apart)."""
+    """Text that may be memorized training data: shown as is, or masked under `redact: true`."""
 
     text: str
 
-    def masked(self) -> str:
-        digest = hashlib.sha256(self.text.encode("utf-8")).hexdigest()[:10]
-        return f"[redacted: {len(self.text)} chars, sha256 {digest}]"
+    def masked(self, key: bytes) -> str:
+        """`[redacted: N chars, keyed hash H]`: H is an HMAC-SHA256 under `key`, a secret made for
+        one report and never written, so equal texts match within the report but no hash can be
+        brute-forced back into the text (as a plain hash of a short secret could)."""
+        digest = hmac.new(key, self.text.encode("utf-8"), hashlib.sha256).hexdigest()[:10]
+        return f"[redacted: {len(self.text)} chars, keyed hash {digest}]"
 
 
 Cell = str | int | float | bool | Sensitive | None

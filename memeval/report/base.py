@@ -9,6 +9,8 @@ that has a `write(report: ReportContext) -> Path` method can be asked for by nam
 
 from __future__ import annotations
 
+import re
+import secrets
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +27,9 @@ from memeval.registry import Registry
 from memeval.results import EvaluationResult, Metric, Records, RunDir, RunResult
 from memeval.stash import StashKey
 
+TRACEBACK_HEAD = "Traceback (most recent call last)"
+ERROR_LINE = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning|Failure))\b")
+QUOTED = re.compile(r"'[^'\n]*'|\"[^\"\n]*\"")
 REPORT_CONTEXT = StashKey["ReportContext"]()  # in the session's stash once the reports are written
 
 
@@ -40,6 +45,8 @@ class ReportContext:
     registry: Registry  # method classes by name (their `report_sections`) and the reporters
     out_dir: Path | None = None  # where reports go (default: the run directory)
     _sections: dict[str, list[Section]] = field(default_factory=dict)
+    # The key of the keyed hashes in redacted text: made per rendering, never written anywhere.
+    redaction_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
 
     def __post_init__(self) -> None:
         self.out_dir = self.out_dir or self.run_dir.directory
@@ -71,8 +78,23 @@ class ReportContext:
     def text(self, value: Any) -> str:
         """A cell's text: sensitive text masked under redaction."""
         if isinstance(value, Sensitive):
-            return value.masked() if self.redact else value.text
+            return self.mask(value.text) if self.redact else value.text
         return format_value(value)
+
+    def mask(self, text: str) -> str:
+        return Sensitive(text).masked(self.redaction_key)
+
+    def scrub(self, text: str | None) -> str:
+        """Free text that sample text can reach (errors, tracebacks, warnings), as a redacted report
+        may show it: an error keeps its exception type and loses its message; in any other text,
+        every quoted span is masked. Unchanged without redaction."""
+        if not text or not self.redact:
+            return text or ""
+        last = text.strip().splitlines()[-1]
+        if TRACEBACK_HEAD in text or ERROR_LINE.match(last):
+            kind = ERROR_LINE.match(last)
+            return f"{kind.group(1) if kind else 'error'}: [message and traceback redacted: {len(text)} chars]"
+        return QUOTED.sub(lambda m: self.mask(m.group(0)[1:-1]), text)
 
 
 def across_seeds(run: RunResult) -> list[Section]:
@@ -183,4 +205,5 @@ def templates(autoescape: bool) -> jinja2.Environment:
     env.filters["num"] = format_value
     env.filters["ci"] = ci_text
     env.filters["direction"] = direction
+    env.filters["scrub"] = lambda text: text  # replaced by each reporter with its context's scrub
     return env

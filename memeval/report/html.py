@@ -16,7 +16,6 @@ from memeval.blocks import (
     Histogram,
     LinePlot,
     Section,
-    Sensitive,
     Series,
     Table,
     Text,
@@ -46,9 +45,9 @@ def diff_segments(truth: str, output: str) -> tuple[list[tuple[str, str]], list[
 def compared_view(sample: ComparedSample, report: ReportContext) -> dict[str, Any]:
     scores = {k: report.text(v) for k, v in sample.scores.items()}
     if report.redact:
-        return {"id": sample.id, "prompt": Sensitive(sample.prompt).masked() if sample.prompt else "",
-                "truth": [("masked", Sensitive(sample.truth).masked())],
-                "output": [("masked", Sensitive(sample.output).masked())], "scores": scores}
+        return {"id": sample.id, "prompt": report.mask(sample.prompt) if sample.prompt else "",
+                "truth": [("masked", report.mask(sample.truth))],
+                "output": [("masked", report.mask(sample.output))], "scores": scores}
     truth, output = diff_segments(sample.truth, sample.output)
     return {"id": sample.id, "prompt": sample.prompt, "truth": truth, "output": output, "scores": scores}
 
@@ -68,7 +67,7 @@ def block_view(block: Block, report: ReportContext) -> dict[str, Any]:
         return {"kind": "comparison", "title": block.title, "truth_label": block.truth_label,
                 "output_label": block.output_label, "samples": [compared_view(s, report) for s in block.samples]}
     if isinstance(block, Text):
-        return {"kind": "text", "text": block.text}
+        return {"kind": "text", "text": report.scrub(block.text)}
     raise TypeError(f"not a report block: {type(block).__name__}")
 
 
@@ -86,7 +85,9 @@ class HtmlReporter:
         evaluations = [{"result": e, "spec": report.evaluation_spec(e.id),
                         "sections": [section_view(s, report) for s in report.sections(e)]}
                        for e in report.run.evaluations]
-        page = templates(autoescape=True).get_template("html/report.html.j2").render(
+        env = templates(autoescape=True)
+        env.filters["scrub"] = report.scrub
+        page = env.get_template("html/report.html.j2").render(
             run=report.run, evaluations=evaluations, redact=report.redact, gates=gate_rows(report.run),
             across_seeds=[section_view(s, report) for s in across_seeds(report.run)],
             model_plots=model_plots(report))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 from memeval import hookimpl
@@ -40,7 +41,8 @@ def metric_properties(metric: Metric, prefix: str = "") -> dict[str, str]:
     return values
 
 
-def gate_case(suite: ET.Element, evaluation: EvaluationResult, gate: GateVerdict, classname: str) -> None:
+def gate_case(suite: ET.Element, evaluation: EvaluationResult, gate: GateVerdict, classname: str,
+              scrub: Callable[[str | None], str]) -> None:
     case = ET.SubElement(suite, "testcase", classname=classname, name=f"{gate.metric} {gate.rule}".strip(),
                          time="0")
     values = {"metric": gate.metric, "value": _number(gate.value), "rule": gate.rule}
@@ -53,13 +55,14 @@ def gate_case(suite: ET.Element, evaluation: EvaluationResult, gate: GateVerdict
         values["baseline_value"] = _number(gate.baseline_value)
     _properties(case, values)
     if evaluation.status == "error":
-        ET.SubElement(case, "error", message="the evaluation errored").text = xml_text(evaluation.error or "")
+        ET.SubElement(case, "error", message="the evaluation errored").text = xml_text(scrub(evaluation.error))
     elif not gate.passed:
-        ET.SubElement(case, "failure", message=xml_text(gate.message), type="GateFailed").text = (
+        ET.SubElement(case, "failure", message=xml_text(scrub(gate.message)), type="GateFailed").text = (
             f"{gate.metric} = {format_value(gate.value)} ({gate.rule})")
 
 
-def evaluation_suite(root: ET.Element, evaluation: EvaluationResult, suite_name: str) -> None:
+def evaluation_suite(root: ET.Element, evaluation: EvaluationResult, suite_name: str,
+                     scrub: Callable[[str | None], str]) -> None:
     classname = f"{suite_name}.{evaluation.id}"
     errored = evaluation.status == "error"
     gates = evaluation.gates or [GateVerdict("evaluation", not errored, "runs", None, errored=errored)]
@@ -74,7 +77,7 @@ def evaluation_suite(root: ET.Element, evaluation: EvaluationResult, suite_name:
         values.update(metric_properties(metric, "metric."))
     _properties(suite, values)
     for gate in gates:
-        gate_case(suite, evaluation, gate, classname)
+        gate_case(suite, evaluation, gate, classname, scrub)
 
 
 class JunitReporter:
@@ -87,7 +90,7 @@ class JunitReporter:
         name = run.suite.get("name", "memeval")
         root = ET.Element("testsuites", name=f"memeval {name}", time=f"{run.seconds:.3f}")
         for evaluation in run.evaluations:
-            evaluation_suite(root, evaluation, name)
+            evaluation_suite(root, evaluation, name, report.scrub)
         root.set("tests", str(sum(int(s.get("tests")) for s in root)))
         root.set("failures", str(sum(int(s.get("failures")) for s in root)))
         root.set("errors", str(sum(int(s.get("errors")) for s in root)))

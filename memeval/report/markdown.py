@@ -47,6 +47,7 @@ class MarkdownReporter:
     def write(self, report: ReportContext) -> Path:
         env = templates(autoescape=False)
         env.filters["md"] = md_escape
+        env.filters["scrub"] = report.scrub
         evaluations = [{"result": e, "tables": tables(report, report.sections(e))} for e in report.run.evaluations]
         text = env.get_template("markdown/summary.md.j2").render(
             run=report.run, evaluations=evaluations, redact=report.redact,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import re
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -108,8 +109,10 @@ def test_redacted_reports_keep_no_memorized_text(payload_suite, cache_dir, tmp_p
                 assert form not in text, (name, secret)
     # What stays: lengths, hashes and scores, so a reviewer can still match and rank samples.
     suffix = next(r["suffix"] for r in records(out) if "suffix" in r)
-    digest = hashlib.sha256(suffix.encode()).hexdigest()[:10]
-    assert f"[redacted: {len(suffix)} chars, sha256 {digest}]" in files["report.html"]
+    assert re.search(rf"\[redacted: {len(suffix)} chars, keyed hash [0-9a-f]{{10}}\]", files["report.html"])
+    for secret in secrets:  # no plain hash an attacker could brute-force from candidate texts
+        digest = hashlib.sha256(secret.encode()).hexdigest()
+        assert not any(digest[:8] in text for text in files.values()), secret
     assert 'id="redaction-note"' in files["report.html"]
     run = read_run(out)
     loss = next(e for e in run["evaluations"] if e["id"] == "loss")
