@@ -49,6 +49,9 @@ def build_parser(pm: Any) -> argparse.ArgumentParser:
     run.add_argument("--cache-dir", metavar="DIR", help="cache directory (default $MEMEVAL_CACHE_DIR or ~/.cache/memeval)")
     run.add_argument("--model", action="append", type=model_override, default=[], metavar="NAME=PATH",
                      help="point the suite's model NAME at the hf-causal checkpoint PATH")
+    run.add_argument("--json", action="store_true",
+                     help="print the run summary (verdict, gates, metrics) as JSON on stdout instead of the "
+                          "terminal report")
     run.add_argument("--baseline", metavar="RUN_DIR",
                      help="a saved run of the same suite: baseline-relative gates use it, and the reports show "
                           "every metric's change against it")
@@ -116,15 +119,34 @@ def cmd_run(config: Config) -> ExitCode:
     from memeval.runner import run_suite
 
     options = config.options
-    codes = []
+    codes, summaries = [], []
     for path, out_dir in zip(options.suites, run_directories(options.suites, options.out), strict=True):
         if out_dir.exists() and not out_dir.is_dir():
             raise UsageError(f"--out {out_dir}: exists and is not a directory")
         codes.append(run_suite(config, path, out_dir))
+        if options.json:
+            summaries.append(run_summary(out_dir))
         if codes[-1] == ExitCode.INTERRUPTED:
             break
     ran = [c for c in codes if c != ExitCode.NO_EVALUATIONS]  # like pytest: 5 only if nothing ran at all
-    return max(ran, key=_severity) if ran else ExitCode.NO_EVALUATIONS
+    code = max(ran, key=_severity) if ran else ExitCode.NO_EVALUATIONS
+    if options.json:
+        print(json.dumps({"exit_code": int(code), "runs": summaries}, indent=2))
+    return code
+
+
+def run_summary(out_dir: Path) -> dict[str, Any]:
+    """What `memeval run --json` prints of one run: verdict, gates, metrics, warnings."""
+    from memeval.results import RunDir
+
+    run = RunDir.at(out_dir).load()
+    return {"suite": run.suite.get("name"), "run_dir": str(out_dir), "status": run.status,
+            "exit_code": run.exit_code, "verdict": run.verdict(), "error": run.error,
+            "evaluations": [{"id": e.id, "method": e.method, "status": e.status,
+                             "metrics": {m.name: m.value for m in e.metrics},
+                             "gates": [{"metric": g.metric, "rule": g.rule, "passed": g.passed, "errored": g.errored,
+                                        "value": g.value, "message": g.message} for g in e.gates],
+                             "warnings": e.warnings, "error": e.error} for e in run.evaluations]}
 
 
 def _severity(code: ExitCode) -> int:

@@ -101,7 +101,8 @@ def memeval_register(registry: Registry) -> None:
 
 @hookimpl
 def memeval_configure(config) -> None:
-    config.pluginmanager.register(TerminalReporter(config.verbosity), "terminalreporter")
+    if not getattr(config.options, "json", False):  # `run --json`: stdout holds the JSON alone
+        config.pluginmanager.register(TerminalReporter(config.verbosity), "terminalreporter")
 
 
 @hookimpl

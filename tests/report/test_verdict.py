@@ -112,3 +112,16 @@ def test_a_failing_run_says_failed_in_red_first(tiny_suite, run_cli, tmp_path, b
     assert verdict.evaluate("e => getComputedStyle(e).backgroundColor") == RED
     box = verdict.bounding_box()
     assert box is not None and box["y"] + box["height"] <= 900
+
+
+def test_run_json_prints_the_summary_alone_on_stdout(tiny_suite, run_cli, tmp_path):
+    suite = tiny_suite(EVALUATIONS)
+    code, stdout, _ = run_cli("run", suite, "--out", tmp_path / "run", "--json")
+    summary = json.loads(stdout)  # nothing but the JSON on stdout
+    assert code == 1 and summary["exit_code"] == 1
+    (run,) = summary["runs"]
+    assert run["verdict"]["label"] == "FAILED" and run["verdict"]["failed"] == 1 and run["verdict"]["gates"] == 2
+    strict = next(e for e in run["evaluations"] if e["id"] == "too-strict")
+    assert strict["gates"][0]["passed"] is False and strict["gates"][0]["rule"] == "<= 0"
+    stored = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert strict["metrics"]["loss_mean"] == stored["evaluations"][0]["metrics"][0]["value"]
