@@ -52,10 +52,17 @@ def test_recipe_is_trained_once_and_keyed_by_data_and_seed(tmp_path):
 
     p = params(epochs=1)
     first = Recipe(p, context(0))
+    progress = [line for line in logs if "epoch" in line]
+    assert len(progress) == 1 and progress[0].startswith("  epoch 1/1: training loss ")  # training is not silent
+    logs[:] = [line for line in logs if line.startswith("training")]
     again = Recipe(p, context(0))
     assert len(logs) == 1 and first.location == again.location
     assert first.identity() == again.identity()
+    trained = first.details()["training"]  # run.json and the report's Models section show it
+    assert trained["parameters"] == sum(t.numel() for t in first.torch_model.parameters())
+    assert len(trained["loss_curve"]) == 1 and trained["documents"] == 12 and "training" not in first.identity()
     other_seed = Recipe(p, context(1))
+    logs[:] = [line for line in logs if line.startswith("training")]
     assert len(logs) == 2 and other_seed.location != first.location
     assert recipe_hash(p, "data-a", 0) != recipe_hash(p, "data-b", 0)
     # Inference-only settings do not retrain.
@@ -78,8 +85,10 @@ def test_init_from_continues_training_the_base_model(tmp_path):
     assert tuned.architecture == RecipeParams.model_validate(base_raw).architecture  # inherited
     assert Recipe.dataset_refs(tuned) == [("dataset", "tune"), ("init_from", "base")]
     model = Recipe(tuned, context)
+    logs[:] = [line for line in logs if line.startswith("training")]
     assert len(logs) == 2 and "from" in logs[1]  # the base first, then the fine-tuning
     base = Recipe(RecipeParams.model_validate(base_raw), context)
+    logs[:] = [line for line in logs if line.startswith("training")]
     assert len(logs) == 2  # the base was trained once, for the fine-tuned model
     info = json.loads((Path(model.location) / "recipe.json").read_text())
     assert info["init_from"] == Path(base.location).name == base.identity()["recipe"]
