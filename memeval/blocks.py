@@ -55,6 +55,7 @@ class LinePlot:
     diagonal: bool = False                      # the chance line of a ROC plot
     markers: bool = False
     log_x: bool = False                         # log10 x axis (x <= 0 is left out)
+    log_y: bool = False                         # log10 y axis (y <= 0 is left out)
 
 
 @dataclass

@@ -208,13 +208,18 @@ class MembershipAttack(Method):
         blocks: list = []
         curves = evaluation.artifacts.get("roc", {})
         if curves:
-            series = [Series(name, curve["fpr"], curve["tpr"]) for name, curve in curves.items()]
+            series = [Series(roc_label(name, evaluation), curve["fpr"], curve["tpr"]) for name, curve in curves.items()]
             blocks.append(LinePlot("ROC of each attack (blind: model-free baseline)", "false positive rate",
                                    "true positive rate", series, (0.0, 1.0), (0.0, 1.0), diagonal=True))
             smallest = min((f for c in curves.values() for f in c["fpr"] if f > 0), default=1.0)
+            lowest = min((t for c in curves.values() for t in c["tpr"] if t > 0), default=1.0)
             blocks.append(LinePlot("The same ROC, log FPR (the low-FPR regime attacks are judged in)",
                                    "false positive rate (log)", "true positive rate", series, (smallest, 1.0), (0.0, 1.0),
                                    diagonal=True, log_x=True))
+            blocks.append(LinePlot("The same ROC on log-log axes (as the membership-inference literature draws it)",
+                                   "false positive rate (log)", "true positive rate (log)", series,
+                                   (smallest, 1.0), (min(lowest, smallest), 1.0), diagonal=True, log_x=True,
+                                   log_y=True))
         aucs = [m for m in evaluation.metrics if m.name.endswith("_auc") and m.name not in ("best_auc", "blind_auc")]
         if aucs:
             attack = max(aucs, key=lambda m: m.value).name.removesuffix("_auc")
@@ -225,6 +230,12 @@ class MembershipAttack(Method):
                                 title=f"Samples the best attack ({attack}) is surest are members"))
         return [Section("Membership inference", blocks,
                         "Every attack's score is higher for samples it believes are members.")]
+
+
+def roc_label(attack: str, evaluation: EvaluationResult) -> str:
+    """`loss (AUC 0.93)`: the legend says how good each curve is."""
+    auc = evaluation.metric(f"{attack}_auc")
+    return f"{attack} (AUC {auc.value:.3f})" if auc is not None and auc.value is not None else attack
 
 
 def attack_score(attack: str, target: TokenScores, text: str, k: float, lower: TokenScores | None,

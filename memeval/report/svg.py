@@ -13,6 +13,7 @@ from memeval.blocks import Histogram, LinePlot
 
 WIDTH, HEIGHT = 520, 300
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 58, 16, 14, 44
+DASHES = ("", "7 3", "2 3", "9 3 2 3", "4 4", "1 2")  # with the colours: curves that overlap stay apart
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
@@ -88,32 +89,51 @@ def _axes(geometry: Geometry, x: Scale, y: Scale) -> None:
     geometry.y_ticks = y.ticks()
 
 
+def _scale(values: list[float], fixed: tuple[float, float] | None, log: bool, start: float, end: float) -> Scale:
+    low, high = _range(values, fixed)
+    if log:
+        return Scale(math.floor(math.log10(low)), math.ceil(math.log10(high)), start, end, log=True)
+    return Scale(low, high, start, end)
+
+
 def line_plot(plot: LinePlot) -> Geometry:
+    """Series as polylines (each with its own colour and dash pattern, so overlapping curves stay
+    apart), optional CI bands and markers, and the chance diagonal drawn over everything."""
     geometry = Geometry()
-    usable = (lambda v: v > 0) if plot.log_x else (lambda v: True)  # noqa: E731
-    xs = [v for s in plot.series for v in s.x if _finite(v) and usable(v)]
-    ys = [v for s in plot.series for v in (s.y + (s.low or []) + (s.high or []))]
-    if plot.log_x:
-        low, high = _range(xs, plot.x_range)
-        x = Scale(math.floor(math.log10(low)), math.ceil(math.log10(high)), geometry.left, geometry.right, log=True)
-    else:
-        x = Scale(*_range(xs, plot.x_range), geometry.left, geometry.right)
-    y = Scale(*_range(ys, plot.y_range), geometry.bottom, geometry.top)
+
+    def usable(a: float | None, b: float | None) -> bool:
+        return _finite(a, b) and (not plot.log_x or a > 0) and (not plot.log_y or b > 0)
+
+    pairs = [(a, b) for s in plot.series for a, b in zip(s.x, s.y, strict=True) if usable(a, b)]
+    bands = [v for s in plot.series for v in (s.low or []) + (s.high or []) if _finite(v) and (not plot.log_y or v > 0)]
+    x = _scale([a for a, _ in pairs], plot.x_range, plot.log_x, geometry.left, geometry.right)
+    y = _scale([b for _, b in pairs] + bands, plot.y_range, plot.log_y, geometry.bottom, geometry.top)
     _axes(geometry, x, y)
     for i, series in enumerate(plot.series):
-        points = [(x(a), y(b)) for a, b in zip(series.x, series.y, strict=True) if _finite(a, b) and usable(a)]
-        line = {"name": series.name, "color": PALETTE[i % len(PALETTE)],
+        points = [(x(a), y(b)) for a, b in zip(series.x, series.y, strict=True) if usable(a, b)]
+        line = {"name": series.name, "color": PALETTE[i % len(PALETTE)], "dash": DASHES[i % len(DASHES)],
                 "points": " ".join(f"{a},{b}" for a, b in points), "dots": points if plot.markers else []}
         if series.low is not None and series.high is not None:
-            upper = [(x(a), y(h)) for a, h in zip(series.x, series.high, strict=True) if _finite(a, h) and usable(a)]
-            lower = [(x(a), y(lo)) for a, lo in zip(series.x, series.low, strict=True) if _finite(a, lo) and usable(a)]
+            upper = [(x(a), y(h)) for a, h in zip(series.x, series.high, strict=True) if usable(a, h)]
+            lower = [(x(a), y(lo)) for a, lo in zip(series.x, series.low, strict=True) if usable(a, lo)]
             line["band"] = " ".join(f"{a},{b}" for a, b in upper + lower[::-1])
         geometry.lines.append(line)
-    if plot.diagonal:  # y = x, drawn as a polyline so it stays straight on a log x axis too
-        low, high = (10.0 ** x.low, 10.0 ** x.high) if x.log else (max(x.low, y.low), min(x.high, y.high))
-        steps = [low * (high / low) ** (i / 40) for i in range(41)] if x.log else [low, high]
-        geometry.diagonal = " ".join(f"{x(v)},{y(v)}" for v in steps if y.low <= v <= y.high)
+    if plot.diagonal:  # y = x, as a polyline so it stays straight or curves right on log axes
+        geometry.diagonal = _diagonal(x, y)
     return geometry
+
+
+def _diagonal(x: Scale, y: Scale) -> str:
+    def bounds(scale: Scale) -> tuple[float, float]:
+        return (10.0 ** scale.low, 10.0 ** scale.high) if scale.log else (scale.low, scale.high)
+
+    (xl, xh), (yl, yh) = bounds(x), bounds(y)
+    low, high = max(xl, yl), min(xh, yh)
+    if not low < high:
+        return ""
+    geometric = (x.log or y.log) and low > 0
+    steps = [low * (high / low) ** (i / 40) for i in range(41)] if geometric else [low, high]
+    return " ".join(f"{x(v)},{y(v)}" for v in steps)
 
 
 def histogram(plot: Histogram) -> Geometry:
