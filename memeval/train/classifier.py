@@ -101,6 +101,13 @@ class ClassifierParams(Strict):
     checkpoint_every: int | None = Field(None, ge=1, description="keep a checkpoint every N epochs (and the "
                                                                  f"last); none: about {DEFAULT_CHECKPOINTS}")
 
+    test_every: int = Field(1, ge=1, description="log the test predictions every N epochs (and at the last); "
+                                                 "1: every epoch")
+
+    def test_epochs(self) -> frozenset[int]:
+        epochs = self.optimizer.epochs
+        return frozenset({*range(self.test_every, epochs + 1, self.test_every), epochs})
+
     def checkpoint_epochs(self) -> frozenset[int]:
         epochs = self.optimizer.epochs
         every = self.checkpoint_every or max(1, -(-epochs // DEFAULT_CHECKPOINTS))
@@ -131,7 +138,7 @@ def recipe_hash(params: ClassifierParams, trainer: Trainer, data: Classification
         "architecture": architecture_identity(params.architecture), "noise": params.noise.model_dump(),
         "trainer": trainer.name, "trainer_params": trainer.params.model_dump(),
         "optimizer": params.optimizer.model_dump(), "seed": seed, "threads": params.threads,
-        "checkpoints": sorted(params.checkpoint_epochs()), "torch": torch.__version__.split("+")[0],
+        "checkpoints": sorted(params.checkpoint_epochs()), "test_every": params.test_every, "torch": torch.__version__.split("+")[0],
     }
     blob = json.dumps([CLASSIFIER_FORMAT, shaped], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -218,7 +225,7 @@ def run_training(params: ClassifierParams, trainer: Trainer, data: Classificatio
         return build_model(params.architecture, data.input_shape, data.num_classes)
 
     job = TrainJob(factory, tensors, params.optimizer, seed, params.checkpoint_epochs(), callbacks,
-                   params.noise.rate if params.noise.kind != "none" else 0.0)
+                   params.noise.rate if params.noise.kind != "none" else 0.0, params.test_epochs())
     with Threads(params.threads):
         return trainer.train(job)
 

@@ -72,8 +72,9 @@ def _share(hits: np.ndarray, where: np.ndarray) -> np.ndarray:
 def accuracies(pred: np.ndarray, test_pred: np.ndarray, labels: LabelSet) -> dict[str, np.ndarray]:
     """The three accuracies for predictions of shape (..., n) and (..., n_test)."""
     noisy, clean = labels.mask, ~labels.mask
+    logged = test_pred >= 0  # -1: an epoch whose test predictions were not logged
     return {
-        "clean_test_accuracy": (test_pred == labels.test).mean(axis=-1) if len(labels.test) else np.nan,
+        "clean_test_accuracy": _share(test_pred == labels.test, logged),
         "memorization_rate": _share(pred == labels.noisy, np.broadcast_to(noisy, pred.shape)),
         "clean_train_fit": _share(pred == labels.clean, np.broadcast_to(clean, pred.shape)),
     }
