@@ -218,8 +218,8 @@ class Threads:
 def run_training(params: ClassifierParams, trainer: Trainer, data: ClassificationData, noisy: NoisyLabels,
                  seed: int, callbacks: tuple[Any, ...] = ()) -> TrainResult:
     """Train (no caching): what `build_classifier` stores, and what tests and benchmarks can call."""
-    tensors = TrainData(torch.from_numpy(data.x_train), torch.from_numpy(noisy.labels),
-                        torch.from_numpy(data.x_test), data.num_classes)
+    tensors = TrainData(torch.tensor(data.x_train), torch.tensor(noisy.labels), torch.tensor(data.x_test),
+                        data.num_classes)  # copies: source arrays are shared and read-only
 
     def factory() -> nn.Module:
         return build_model(params.architecture, data.input_shape, data.num_classes)
@@ -240,7 +240,7 @@ def train_into(out: Path, params: ClassifierParams, trainer: Trainer, data: Clas
     (out / "checkpoints").mkdir()
     for epoch, states in sorted(result.checkpoints.items()):
         torch.save(states, out / "checkpoints" / f"epoch-{epoch:04d}.pt")
-    np.savez_compressed(out / "log.npz", **result.log.arrays())
+    np.savez(out / "log.npz", **result.log.arrays())  # uncompressed: floats barely compress, and it is faster
     labels = LabelSet(data.y_train, noisy.labels, noisy.mask, data.y_test)
     np.savez_compressed(out / "labels.npz", **labels.arrays())
     summary = {
@@ -362,4 +362,4 @@ class TrainedClassifier:
 
 
 def _tensor(x: np.ndarray | torch.Tensor) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return x if isinstance(x, torch.Tensor) else torch.tensor(np.asarray(x, dtype=np.float32))

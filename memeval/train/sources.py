@@ -25,6 +25,7 @@ miniatures.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import importlib.util
@@ -124,12 +125,15 @@ def limit(data: ClassificationData, train: int | None, test: int | None) -> Clas
                               data.y_test[:test], data.num_classes, data.class_names)
 
 
+@functools.lru_cache(maxsize=1)
 def load_digits() -> ClassificationData:
+    """Read once per process (arrays read-only: callers slice, never write)."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     bunch = sklearn_digits()
     x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]
     y = bunch.target.astype(np.int64)
+    x.flags.writeable = y.flags.writeable = False
     return ClassificationData(x[:DIGITS_TRAIN], y[:DIGITS_TRAIN], x[DIGITS_TRAIN:], y[DIGITS_TRAIN:], 10,
                               [str(c) for c in range(10)])
 
@@ -145,10 +149,18 @@ def mnist_path() -> Path:
                      f"mnist/data/mnist.pkl.gz); install it with `{MNIST_INSTALL}`")
 
 
-def load_mnist(train_split: str = "train", test_split: str = "test") -> ClassificationData:
+@functools.lru_cache(maxsize=1)
+def _mnist_parts() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The pickle's three parts, read once per process (about 2 s), read-only."""
     with gzip.open(mnist_path(), "rb") as handle:
         parts = pickle.load(handle, encoding="latin1")
-    named = {"train": parts[0], "validation": parts[1], "test": parts[2]}
+    for x, y in parts:
+        x.flags.writeable = y.flags.writeable = False
+    return {"train": parts[0], "validation": parts[1], "test": parts[2]}
+
+
+def load_mnist(train_split: str = "train", test_split: str = "test") -> ClassificationData:
+    named = _mnist_parts()
 
     def split(name: str) -> tuple[np.ndarray, np.ndarray]:
         if name not in MNIST_SPLITS:

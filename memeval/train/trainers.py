@@ -194,9 +194,11 @@ class Trainer:
 # ---------------------------------------------------------------- shared pieces
 
 
-class Session:
+class TrainingRun:
     """The bookkeeping every trainer shares: networks and optimizers, the log, checkpoints,
-    callbacks, the shuffling generator."""
+    callbacks, the shuffling generator. A trainer (built-in or a plugin's) makes one with its
+    network names, then per step uses `batches()`, `on_batch()`, `step()` and `log.record()`,
+    per epoch `end_epoch()`, and returns `finish()`."""
 
     def __init__(self, job: TrainJob, names: Sequence[str]):
         self.job = job
@@ -352,7 +354,7 @@ class Standard(Trainer):
     Params = StandardParams
 
     def train(self, job: TrainJob) -> TrainResult:
-        run = Session(job, self.networks)
+        run = TrainingRun(job, self.networks)
         net, data = run.nets["net"], job.data
         net.train()
         for epoch in range(1, job.optimizer.epochs + 1):
@@ -430,7 +432,7 @@ class CrossSplit(Trainer):
 
     def train(self, job: TrainJob) -> TrainResult:
         p: CrossSplitParams = self.params  # type: ignore[assignment]
-        run = Session(job, self.networks)
+        run = TrainingRun(job, self.networks)
         data, epochs = job.data, job.optimizer.epochs
         order = torch.randperm(data.n, generator=run.generator)
         halves = (order[: data.n // 2].sort().values, order[data.n // 2:].sort().values)
@@ -456,7 +458,7 @@ class CrossSplit(Trainer):
         run.log.extras.update(extras)
         return run.finish(self.predict_with, {"split_sizes": [len(h) for h in halves]})
 
-    def _warmup_epoch(self, run: Session, name: str, epoch: int) -> None:
+    def _warmup_epoch(self, run: TrainingRun, name: str, epoch: int) -> None:
         p: CrossSplitParams = self.params  # type: ignore[assignment]
         net, data = run.nets[name], run.job.data
         for step, idx in enumerate(run.batches(data.n)):
@@ -493,7 +495,7 @@ class CrossSplit(Trainer):
         extras["corrected"][epoch - 1, rows] = soft[labeled].argmax(1).numpy()
         return sharpen(soft, p.temperature)
 
-    def _ssl_epoch(self, run: Session, name: str, epoch: int, labeled: torch.Tensor, unlabeled: torch.Tensor,
+    def _ssl_epoch(self, run: TrainingRun, name: str, epoch: int, labeled: torch.Tensor, unlabeled: torch.Tensor,
                    targets: torch.Tensor, mix_rng: np.random.Generator) -> None:
         p: CrossSplitParams = self.params  # type: ignore[assignment]
         net, data = run.nets[name], run.job.data
@@ -525,7 +527,7 @@ class CrossSplit(Trainer):
             penalty = (prior * (prior / mean_pred).log()).sum()
             run.step(name, losses.mean() + weight * unlabeled_loss + p.prior_penalty * penalty)
 
-    def _log_epoch(self, run: Session, epoch: int, logits: Mapping[str, torch.Tensor],
+    def _log_epoch(self, run: TrainingRun, epoch: int, logits: Mapping[str, torch.Tensor],
                    halves: tuple[torch.Tensor, torch.Tensor], extras: dict[str, np.ndarray]) -> None:
         data = run.job.data
         total = logits["net1"] + logits["net2"]
@@ -579,7 +581,7 @@ class CoTeaching(Trainer):
         forget = p.forget_rate if p.forget_rate is not None else job.noise_rate
         if forget is None:
             raise UsageError("coteaching needs forget_rate (or a noise rate in the recipe to default to)")
-        run = Session(job, self.networks)
+        run = TrainingRun(job, self.networks)
         data, epochs = job.data, job.optimizer.epochs
         selected = np.zeros((epochs, data.n), dtype=np.int8)
         for epoch in range(1, epochs + 1):
@@ -590,7 +592,7 @@ class CoTeaching(Trainer):
         run.log.extras["selected"] = selected
         return run.finish(self.predict_with, {"forget_rate": forget})
 
-    def _step(self, run: Session, epoch: int, step: int, idx: Index, rate: float, selected: np.ndarray) -> None:
+    def _step(self, run: TrainingRun, epoch: int, step: int, idx: Index, rate: float, selected: np.ndarray) -> None:
         data = run.job.data
         ids = torch.arange(data.n)[idx] if isinstance(idx, slice) else idx
         x, y = data.x[idx], data.y[idx]

@@ -70,14 +70,14 @@ def test_log_shapes_and_checkpoints(trainer):
 
 def test_full_batch_standard_log_is_the_model_at_the_start_of_each_epoch():
     result, data, noisy = train("standard")
-    x, y = torch.from_numpy(data.x_train), torch.from_numpy(noisy.labels)
+    x, y = torch.tensor(data.x_train), torch.tensor(noisy.labels)
     model = torch.nn.Sequential()  # placeholder for typing
     for epoch in range(1, 7):
         model = _model_from(result, epoch - 1)
         logits = predict(model, x)
         assert np.array_equal(result.log.pred[epoch - 1], logits.argmax(1).numpy())
         assert np.allclose(result.log.loss[epoch - 1], F.cross_entropy(logits, y, reduction="none").numpy(), atol=1e-5)
-        after = predict(_model_from(result, epoch), torch.from_numpy(data.x_test))
+        after = predict(_model_from(result, epoch), torch.tensor(data.x_test))
         assert np.array_equal(result.log.test_pred[epoch - 1], after.argmax(1).numpy())
     final = predict(result.networks["net"], x).argmax(1).numpy()
     assert np.array_equal(result.log.final_pred, final)
