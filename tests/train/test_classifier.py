@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import torch
-from conftest import tiny
+from miniature import tiny
 
 from memeval.cache import OutputCache
 from memeval.errors import CacheMiss, UsageError

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny
+from miniature import tiny
 from scipy.spatial.distance import jensenshannon
 
 from memeval.train.classifier import make_noise, resolve_trainer, run_training

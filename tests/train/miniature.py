@@ -1,3 +1,5 @@
+"""The miniature classifier recipe the fast tests share."""
+
 from __future__ import annotations
 
 from typing import Any
