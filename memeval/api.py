@@ -60,6 +60,11 @@ from memeval.stats import (
 )
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
+from memeval.train.metrics import Curves, LabelSet
+from memeval.train.metrics import curves as training_curves
+from memeval.train.metrics import final_counts as training_final_counts
+from memeval.train.metrics import records as training_records
+from memeval.train.trainers import Trainer, TrainingLog
 
 __all__ = [
     "DEFAULT_LEVEL", "DEFAULT_RESAMPLES", "TOP_N", "Block", "CausalLM", "Cell", "ComparedSample", "Comparison",
@@ -70,4 +75,6 @@ __all__ = [
     "cross_validated_scores", "fit_to_context", "histogram_counts", "histogram_of", "hookimpl", "mean_metric",
     "output_key", "paired_bootstrap_ci", "rate_metric", "roc_auc", "roc_curve", "roc_metric",
     "stratified_bootstrap_ci", "tpr_at_fpr",
+    # training experiments (classifier models): the log, the labels, and what they measure
+    "Curves", "LabelSet", "Trainer", "TrainingLog", "training_curves", "training_final_counts", "training_records",
 ]

@@ -5,14 +5,20 @@ This module is also the builtin plugin that registers the adapters memeval ships
 
 from memeval import hookimpl
 from memeval.models.base import AdapterContext, CachedCausalLM, CausalLM, ModelAdapter, TokenScores
+from memeval.models.classifier import Classifier
 from memeval.models.hf_causal import HFCausal
 from memeval.models.recipe import Recipe
 from memeval.registry import Registry
+from memeval.train.trainers import BUILTIN_TRAINERS
 
-__all__ = ["AdapterContext", "CachedCausalLM", "CausalLM", "HFCausal", "ModelAdapter", "Recipe", "TokenScores"]
+__all__ = ["AdapterContext", "CachedCausalLM", "CausalLM", "Classifier", "HFCausal", "ModelAdapter", "Recipe",
+           "TokenScores"]
 
 
 @hookimpl
 def memeval_register(registry: Registry) -> None:
     registry.add_adapter(HFCausal)
     registry.add_adapter(Recipe)
+    registry.add_adapter(Classifier)
+    for name, trainer in BUILTIN_TRAINERS.items():
+        registry.add_trainer(name, trainer)

@@ -23,14 +23,11 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
 from memeval.errors import UsageError
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from memeval.suite import Strict
 
 
 class MLPArchitecture(Strict):

@@ -36,10 +36,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 from torch import nn
 
 from memeval.errors import UsageError, did_you_mean
+from memeval.suite import Strict
+from memeval.threads import TorchThreads
 from memeval.train.architectures import (
     ArchitectureParams,
     MLPArchitecture,
@@ -64,10 +66,6 @@ from memeval.train.trainers import (
 
 CLASSIFIER_FORMAT = 1  # bump when training or storage changes in a way that should retrain cached models
 DEFAULT_CHECKPOINTS = 20
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class NoiseParams(Strict):
@@ -199,22 +197,6 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-class Threads:
-    """Set torch's CPU thread count for a block."""
-
-    def __init__(self, threads: int | None):
-        self.threads, self.saved = threads, None
-
-    def __enter__(self) -> None:
-        if self.threads:
-            self.saved = torch.get_num_threads()
-            torch.set_num_threads(self.threads)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.saved is not None:
-            torch.set_num_threads(self.saved)
-
-
 def run_training(params: ClassifierParams, trainer: Trainer, data: ClassificationData, noisy: NoisyLabels,
                  seed: int, callbacks: tuple[Any, ...] = ()) -> TrainResult:
     """Train (no caching): what `build_classifier` stores, and what tests and benchmarks can call."""
@@ -226,7 +208,7 @@ def run_training(params: ClassifierParams, trainer: Trainer, data: Classificatio
 
     job = TrainJob(factory, tensors, params.optimizer, seed, params.checkpoint_epochs(), callbacks,
                    params.noise.rate if params.noise.kind != "none" else 0.0, params.test_epochs())
-    with Threads(params.threads):
+    with TorchThreads(params.threads):
         return trainer.train(job)
 
 
@@ -307,7 +289,7 @@ class TrainedClassifier:
     def logits(self, x: np.ndarray | torch.Tensor, network: str | None = None) -> np.ndarray:
         """Class logits: the trainer's prediction (its networks' summed logits), or one network's."""
         names = [network] if network else self.predict_with
-        with Threads(self.threads):
+        with TorchThreads(self.threads):
             return sum_logits(self.networks, names, _tensor(x)).numpy()
 
     def predict(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -316,7 +298,7 @@ class TrainedClassifier:
     def features(self, x: np.ndarray | torch.Tensor, network: str | None = None) -> np.ndarray:
         """Penultimate features of one network (default: the first the prediction uses)."""
         model = self.networks[network or self.predict_with[0]]
-        with Threads(self.threads), torch.inference_mode():
+        with TorchThreads(self.threads), torch.inference_mode():
             return penultimate(model, _tensor(x)).numpy()
 
     def parameters_by_layer(self, network: str | None = None, epoch: int | None = None

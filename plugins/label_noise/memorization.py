@@ -20,8 +20,10 @@ from memeval.api import (
     Table,
     histogram_of,
     rate_metric,
+    training_curves,
+    training_final_counts,
+    training_records,
 )
-from memeval_plugins.label_noise.measures import curves, final_counts, records_of_training
 
 CURVES = ("clean_test_accuracy", "memorization_rate", "clean_train_fit", "label_correction_accuracy")
 
@@ -70,18 +72,18 @@ class LabelNoiseMemorization(Method):
 
     def prepare(self, samples: Any, context: Context) -> list[dict[str, Any]]:
         model = context.model
-        return records_of_training(model.training_log, model.labels)
+        return training_records(model.training_log, model.labels)
 
     def map(self, batch: list[dict[str, Any]], context: Context) -> list[dict[str, Any]]:
         return [{"id": str(r["index"]), **r} for r in batch]
 
     def reduce(self, records: list[dict[str, Any]], context: Context) -> list[Metric]:
         model = context.model
-        counts = final_counts(model.training_log, model.labels)
+        counts = training_final_counts(model.training_log, model.labels)
         metrics = [rate_metric(name, hits, total) for name, (hits, total) in counts.items() if total > 0]
         noisy = sum(r["noisy"] for r in records)
         metrics.append(Metric("noise_rate", noisy / len(records), n=len(records)))
-        context.artifact("curves", curves(model.training_log, model.labels))
+        context.artifact("curves", training_curves(model.training_log, model.labels).as_dict())
         context.artifact("training", {k: model.summary_info.get(k) for k in ("key", "trainer", "seed", "seconds",
                                                                              "noise") if k in model.summary_info})
         return metrics
