@@ -77,13 +77,9 @@ def main() -> None:
     from memeval.models import AdapterContext, HFCausal
     from memeval.models.base import CachedCausalLM
     from memeval.models.recipe import RecipeParams, train
-    from memeval_plugins.approximate import (
-        BertScore,
-        Scorer,
-        SimilarityParams,
-        generate,
-        score_pairs,
-    )
+    from memeval_plugins.approximate.generation import generate, score_pairs
+    from memeval_plugins.approximate.scoring import BertScore, Scorer
+    from memeval_plugins.approximate.similarity import SimilarityParams
 
     torch.set_num_threads(args.threads)
     texts = documents(args.samples)

@@ -120,7 +120,7 @@ def fast_path(model_dir: str, sequences: list[list[int]], prefix: int, threads: 
     """memeval's discoverable extraction: one teacher-forced pass, generation only after divergence."""
     from memeval.cache import OutputCache
     from memeval.models import AdapterContext, HFCausal
-    from memeval_plugins.extraction import greedy_decision
+    from memeval_plugins.extraction.discoverable import greedy_decision
 
     with tempfile.TemporaryDirectory() as tmp:
         context = AdapterContext(base_dir=Path(tmp), seed=0, cache=OutputCache(Path(tmp), "off"),

@@ -16,7 +16,7 @@ import torch
 from helpers import read_run, tiny_texts, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from memeval_plugins.approximate import levenshtein, normalized_edit_distance
+from memeval_plugins.approximate.scoring import levenshtein, normalized_edit_distance
 
 
 def reference_levenshtein(a, b) -> int:
@@ -215,7 +215,8 @@ def test_a_pairs_bertscore_does_not_depend_on_its_batch(tmp_path):
     from bert_score import BERTScorer
 
     from memeval.cache import OutputCache
-    from memeval_plugins.approximate import BertScore, BertScoreOptions
+    from memeval_plugins.approximate.params import BertScoreOptions
+    from memeval_plugins.approximate.scoring import BertScore
 
     rng = random.Random(0)
     candidates = ["".join(rng.choice(string.ascii_lowercase + " ") for _ in range(40)) for _ in range(12)]

@@ -13,7 +13,8 @@ from helpers import REPO, read_run, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memeval.corpus import CorpusIndex, corpus_fingerprint
-from memeval_plugins.extraction import distinct, extraction_odds
+from memeval_plugins.extraction.probabilistic import extraction_odds
+from memeval_plugins.extraction.untargeted import distinct
 
 WORDS = ["red", "fox", "jumps", "over", "the", "lazy", "dog", "and", "cat", "runs"]
 
@@ -221,6 +222,27 @@ def test_forecast_references_are_checked_before_running(tmp_path, run_cli, tiny_
     assert code == 4
     assert "params.source.evaluation: evaluation 'later' must come earlier in the suite" in err
     assert "params.target.evaluation: no evaluation 'nope'" in err
+
+
+PREFIX_SUFFIX_METHODS = {"extraction.discoverable": "", "extraction.probabilistic": "",
+                         "approximate.similarity": ", criteria: [bleu]",
+                         "approximate.compare": ", criteria: [bleu], mitigated_model: other"}
+
+
+@pytest.mark.parametrize("method", PREFIX_SUFFIX_METHODS)
+def test_a_prefix_and_suffix_beyond_the_context_is_the_same_usage_error(method, tmp_path, run_cli, tiny_model_dir):
+    """The tiny model sees 64 tokens: 40 + 30 cannot be prompted and scored at once. Every method
+    that splits samples into a prefix and a suffix refuses it alike (exit code 4), before any
+    forward pass."""
+    write_jsonl(tmp_path / "d.jsonl", [{"text": " ".join(WORDS * 3)}])
+    model = {"adapter": "hf-causal", "path": str(tiny_model_dir)}
+    suite = write_suite(tmp_path / "s.yaml", {"m": model, "other": model}, {"d": {"loader": "jsonl", "path": "d.jsonl"}},
+                        f"  - {{id: e, method: {method}, model: m, dataset: d, "
+                        f"params: {{prefix_tokens: 40, suffix_tokens: 30{PREFIX_SUFFIX_METHODS[method]}}}}}")
+    code, _, err = run_cli("run", suite, "--out", tmp_path / "run")
+    assert code == 4, err
+    assert "evaluations[0]: prefix + suffix (40 + 30 tokens, 71 with the tokenizer's BOS) exceed the model's " \
+           "context of 64 tokens" in err
 
 
 def test_one_forward_pass_serves_every_method(tiny_model_dir, tmp_path, run_cli, cache_dir):

@@ -1,0 +1,169 @@
+"""`extraction.discoverable`: prompt with a training prefix, compare the greedy continuation with
+the true suffix (Carlini et al. 2022; memorization score of Biderman et al. 2023)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from memeval.api import (
+    EvaluationResult,
+    Method,
+    Metric,
+    MetricSpec,
+    Records,
+    Sample,
+    Section,
+    histogram_counts,
+    mean_metric,
+    rate_metric,
+)
+from memeval_plugins.extraction.sections import discoverable_sections
+from memeval_plugins.extraction.units import (
+    PrefixSuffixParams,
+    prefix_suffix_units,
+    prompt_length,
+    sequence,
+)
+
+
+class DiscoverableParams(PrefixSuffixParams):
+    prefix_lengths: list[int] | None = Field(None, description="also measure extraction at these prefix lengths "
+                                                                "(same suffix): an extraction vs context-length curve")
+    memorization_score: bool = Field(True, description="compute the fractional memorization score (needs greedy "
+                                                       "generation after the first divergence)")
+    histogram_bins: int = Field(10, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _curve_fits(self) -> DiscoverableParams:
+        if self.prefix_lengths and min(self.prefix_lengths) < 1:
+            raise ValueError("prefix_lengths must be >= 1")
+        return self
+
+    def longest_prefix(self) -> int:
+        return max([self.prefix_tokens, *(self.prefix_lengths or [])])
+
+
+class Discoverable(Method):
+    """Discoverable extraction: prompt with k training tokens, decode m tokens greedily.
+
+    `exact` (Carlini et al. 2022): the greedy continuation equals the true suffix, all m tokens.
+    `memorization_score` (Biderman et al. 2023): the fraction of the m positions where the greedy
+    continuation equals the true suffix token (memorized iff the score is 1). The continuation is
+    generated, so after a first mistake it goes on from its own tokens.
+    `teacher_forced_accuracy`: the fraction of suffix positions whose argmax, given the TRUE
+    preceding tokens, is the true token: a different, larger quantity; kept apart on purpose.
+    `first_divergence` (the prefix match length): how many suffix tokens greedy decoding gets right
+    before its first mistake (m when exact).
+
+    Fast path: one teacher-forced forward pass over prefix + suffix decides exact match (greedy
+    reproduces the suffix iff the argmax at every suffix position is the true token) and finds the
+    first divergence; only the positions after it are generated, and only for the fractional score,
+    reusing that pass's KV cache (`hf-causal`), so no prefix is computed twice.
+    The top-1/top-2 log-prob margin at each suffix position is recorded: a margin near 0 is a near
+    tie, where batched and incremental arithmetic could pick different tokens.
+
+    With `prefix_lengths`, the suffix is the m tokens after the longest prefix, and each prefix
+    length uses the tokens just before it. Text is split as k = `prefix_tokens` tokens then m.
+    """
+
+    name = "extraction.discoverable"
+    summary = "greedy extraction of training suffixes from training prefixes (exact rate, memorization score)"
+    Params = DiscoverableParams
+    requires = frozenset({"logprobs", "generate"})
+    metrics = (
+        MetricSpec("extractable_rate", "share of samples whose greedy continuation equals the true suffix", True,
+                   "exact"),
+        MetricSpec("n_extractable", "number of samples extracted exactly", True),
+        MetricSpec("memorization_score_mean", "mean fraction of suffix positions reproduced by greedy decoding",
+                   True, "memorization_score"),
+        MetricSpec("teacher_forced_accuracy_mean", "mean fraction of suffix positions whose argmax given the true "
+                                                   "prefix is the true token", True,
+                   "teacher_forced_accuracy"),
+        MetricSpec("prefix_match_length_mean", "mean number of suffix tokens reproduced before the first error",
+                   True, "first_divergence"),
+    )
+
+    @classmethod
+    def produced_metrics(cls, params: DiscoverableParams) -> list[str]:
+        names = cls.metric_names()
+        return names if params.memorization_score else [n for n in names if n != "memorization_score_mean"]
+
+    def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
+        p = self.params
+        return prefix_suffix_units(samples, context.model, context.warn, p.longest_prefix(), p.suffix_tokens)
+
+    def size(self, unit: dict[str, Any]) -> int:
+        return len(unit["context"]) + len(unit["suffix"])
+
+    def map(self, batch: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
+        p, model = self.params, context.model
+        sequences = [sequence(u, p.prefix_tokens) for u in batch]
+        if p.memorization_score:
+            pairs = model.greedy_continuation(sequences, [prompt_length(u, p.prefix_tokens) for u in batch])
+            scores, generated = [s for s, _ in pairs], [g for _, g in pairs]
+        else:
+            scores, generated = model.score(sequences), [None] * len(batch)
+        decisions = [greedy_decision(u, score, p.prefix_tokens) for u, score in zip(batch, scores, strict=True)]
+        curve = {}
+        for length in p.prefix_lengths or []:
+            scores = model.score([sequence(u, length) for u in batch])
+            curve[length] = [greedy_decision(u, s, length)["exact"] for u, s in zip(batch, scores, strict=True)]
+        records = []
+        for i, (unit, decision, gen) in enumerate(zip(batch, decisions, generated, strict=True)):
+            m = len(unit["suffix"])
+            record = {"id": unit["sample"].id, "prefix": model.decode(unit["context"][-p.prefix_tokens:]),
+                      "suffix": model.decode(unit["suffix"]), **decision}
+            if gen is not None:
+                record["generated"] = model.decode(gen)
+                record["memorization_score"] = sum(a == b for a, b in zip(gen, unit["suffix"], strict=True)) / m
+                record["generated_ids"] = gen
+            record["suffix_ids"] = unit["suffix"]
+            if curve:
+                record["exact_by_prefix_length"] = {str(length): flags[i] for length, flags in curve.items()}
+            records.append(record)
+        return records
+
+    def reduce(self, records: list[dict[str, Any]], context: Any) -> list[Metric]:
+        exact = [r["exact"] for r in records]
+        metrics = [rate_metric("extractable_rate", sum(exact), len(exact)),
+                   Metric("n_extractable", float(sum(exact)), n=len(exact))]
+        if self.params.memorization_score:
+            scores = [r["memorization_score"] for r in records]
+            metrics.append(mean_metric("memorization_score_mean", scores, seed=context.seed))
+            context.artifact("memorization_score_histogram",
+                             histogram_counts(scores, self.params.histogram_bins, 0.0, 1.0))
+        metrics.append(mean_metric("teacher_forced_accuracy_mean", [r["teacher_forced_accuracy"] for r in records],
+                                   seed=context.seed))
+        metrics.append(mean_metric("prefix_match_length_mean", [r["first_divergence"] for r in records],
+                                   seed=context.seed))
+        if self.params.prefix_lengths:
+            curve = []
+            for length in sorted(set(self.params.prefix_lengths)):
+                hits = sum(r["exact_by_prefix_length"][str(length)] for r in records)
+                rate = rate_metric("rate", hits, len(records))
+                curve.append({"prefix_tokens": length, "extractable_rate": rate.value, "ci_low": rate.ci_low,
+                              "ci_high": rate.ci_high, "n_extractable": hits})
+            context.artifact("extraction_vs_prefix_length", curve)
+        return metrics
+
+    @classmethod
+    def report_sections(cls, evaluation: EvaluationResult, records: Records) -> list[Section]:
+        return discoverable_sections(evaluation, records)
+
+
+def greedy_decision(unit: dict[str, Any], score: Any, prefix_len: int) -> dict[str, Any]:
+    """What one teacher-forced pass says about greedy decoding of the suffix."""
+    start = prompt_length(unit, prefix_len) - 1
+    positions = slice(start, start + len(unit["suffix"]))
+    predicted = score.argmax[positions].astype(int).tolist()
+    truth = unit["suffix"]
+    matches = [a == b for a, b in zip(predicted, truth, strict=True)]
+    first = matches.index(False) if False in matches else len(truth)
+    margins = score.margin[positions].astype(float)
+    return {"exact": first == len(truth), "first_divergence": first,
+            "teacher_forced_accuracy": sum(matches) / len(truth), "predicted_ids": predicted,
+            "margins": [round(x, 5) for x in margins.tolist()], "min_margin": round(float(margins.min()), 6),
+            "suffix_logprob": float(score.logprob[positions].astype(np.float64).sum())}

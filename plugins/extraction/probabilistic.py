@@ -1,0 +1,120 @@
+"""`extraction.probabilistic`: the probability that a deployed sampler emits the exact suffix
+((n, p)-discoverable extraction, Hayes et al. 2024)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from pydantic import Field
+
+from memeval.api import (
+    EvaluationResult,
+    Method,
+    Metric,
+    MetricSpec,
+    Records,
+    Sample,
+    Section,
+    mean_metric,
+    rate_metric,
+)
+from memeval_plugins.extraction.sections import probabilistic_sections
+from memeval_plugins.extraction.units import (
+    PrefixSuffixParams,
+    prefix_suffix_units,
+    prompt_length,
+    sequence,
+)
+
+
+class ProbabilisticParams(PrefixSuffixParams):
+    temperature: float = Field(1.0, gt=0, description="the deployed sampler's temperature")
+    top_k: int | None = Field(None, ge=1, description="the deployed sampler's top-k (None: off)")
+    top_p: float | None = Field(None, gt=0, le=1, description="the deployed sampler's top-p (None: off)")
+    n_queries: int = Field(1000, ge=1, description="n: queries an attacker makes with the same prefix")
+    target_probability: float = Field(0.5, gt=0, lt=1, description="p: extraction counts at this probability")
+
+
+class Probabilistic(Method):
+    """(n, p)-discoverable extraction (Hayes et al. 2024).
+
+    p_z is the probability that the sampler emits the exact m-token suffix given the k-token
+    prefix: the product over suffix positions of the sampler's probability of the true token
+    (temperature, then top-k, then top-p; a filtered-out token has probability 0), read from one
+    teacher-forced forward pass. With plain sampling (temperature 1, no top-k/top-p) that pass is
+    the same cached pass greedy extraction and the membership attacks use.
+    The chance to extract within n queries is 1 - (1 - p_z)^n; a sample is (n, p)-extractable when
+    that reaches p; the queries needed for probability p are ceil(log(1 - p) / log(1 - p_z)).
+    """
+
+    name = "extraction.probabilistic"
+    summary = "probability that a sampler emits the training suffix: (n, p)-discoverable extraction"
+    Params = ProbabilisticParams
+    requires = frozenset({"logprobs"})
+    metrics = (
+        MetricSpec("np_extractable_rate", "share of samples extracted with probability >= p within n queries", True),
+        MetricSpec("extraction_probability_mean", "mean over samples of 1 - (1 - p_z)^n", True,
+                   "probability_within_n"),
+        MetricSpec("log10_p_z_median", "median over samples of log10 p_z", True),
+        MetricSpec("greedy_extractable_rate", "share of samples greedy decoding reproduces (for comparison)",
+                   True, "greedy_exact"),
+    )
+
+    def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
+        return prefix_suffix_units(samples, context.model, context.warn, self.params.prefix_tokens,
+                                   self.params.suffix_tokens)
+
+    def size(self, unit: dict[str, Any]) -> int:
+        return len(unit["context"]) + len(unit["suffix"])
+
+    def plain_sampler(self) -> bool:
+        p = self.params
+        return p.temperature == 1.0 and p.top_k is None and p.top_p in (None, 1.0)
+
+    def map(self, batch: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
+        p, model = self.params, context.model
+        sequences = [sequence(u, p.prefix_tokens) for u in batch]
+        scores = model.score(sequences)
+        sampler = (None if self.plain_sampler() else
+                   model.sampler_logprobs(sequences, temperature=p.temperature, top_k=p.top_k, top_p=p.top_p))
+        records = []
+        for i, unit in enumerate(batch):
+            start = prompt_length(unit, p.prefix_tokens) - 1
+            positions = slice(start, start + len(unit["suffix"]))
+            token_logprobs = (scores[i].logprob if sampler is None else sampler[i])[positions].astype(np.float64)
+            log_p = float(token_logprobs.sum())
+            greedy = bool((scores[i].argmax[positions].astype(int) == np.asarray(unit["suffix"])).all())
+            records.append({"id": unit["sample"].id, "suffix": model.decode(unit["suffix"]), "log_p_z": log_p,
+                            "p_z": math.exp(log_p), **extraction_odds(log_p, p.n_queries, p.target_probability),
+                            "greedy_exact": greedy})
+        return records
+
+    def reduce(self, records: list[dict[str, Any]], context: Any) -> list[Metric]:
+        p = self.params
+        extractable = sum(r["probability_within_n"] >= p.target_probability for r in records)
+        log10 = [r["log_p_z"] / math.log(10) if math.isfinite(r["log_p_z"]) else -1e300 for r in records]
+        return [rate_metric("np_extractable_rate", extractable, len(records)),
+                mean_metric("extraction_probability_mean", [r["probability_within_n"] for r in records],
+                            seed=context.seed),
+                mean_metric("log10_p_z_median", log10, seed=context.seed, statistic=np.median, label="median"),
+                rate_metric("greedy_extractable_rate", sum(r["greedy_exact"] for r in records), len(records))]
+
+    @classmethod
+    def report_sections(cls, evaluation: EvaluationResult, records: Records) -> list[Section]:
+        return probabilistic_sections(evaluation, records)
+
+
+def extraction_odds(log_p: float, n: int, target: float) -> dict[str, Any]:
+    """1 - (1 - p_z)^n and the queries needed to reach `target`, in log space so that neither a
+    p_z that underflows (long suffixes) nor one that rounds to 1 breaks them."""
+    if log_p == -math.inf:
+        return {"probability_within_n": 0.0, "queries_needed": None}
+    p = math.exp(log_p)
+    if p >= 1.0:
+        return {"probability_within_n": 1.0, "queries_needed": 1}
+    log1m = math.log1p(-p) if p > 1e-300 else -p  # log(1 - p_z); ~ -p_z when p_z is tiny
+    within = -math.expm1(n * log1m)
+    needed = math.ceil(math.log1p(-target) / log1m) if log1m < 0 else None
+    return {"probability_within_n": within, "queries_needed": max(1, needed) if needed is not None else None}

@@ -1,0 +1,84 @@
+"""What the prefix/suffix methods share: their params, the split of each sample into the model's
+prefix and suffix tokens, and the one check that the model can see both at once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import Field
+
+from memeval.api import Params, Sample, UsageError
+
+
+class PrefixSuffixParams(Params):
+    prefix_tokens: int = Field(32, ge=1, description="k: tokens of training text given as the prompt")
+    suffix_tokens: int = Field(32, ge=1, description="m: tokens the model must reproduce")
+    batch_size: int | None = Field(None, ge=1, description="sequences per forward pass (default: the model's)")
+
+
+def lead_tokens(model: Any) -> list[int]:
+    """What the tokenizer puts before any text (a BOS token, or nothing)."""
+    return list(model.tokenize([""])[0])
+
+
+def prefix_suffix_units(samples: list[Sample], model: Any, warn: Callable[[str], None], prefix_tokens: int,
+                        suffix_tokens: int) -> list[dict[str, Any]]:
+    """Split each sample into `context` (up to `prefix_tokens` tokens before the suffix) and the
+    `suffix_tokens` that follow, as token ids of the model.
+
+    Text is tokenized without special tokens and the tokenizer's lead (BOS) is put in front;
+    token-id samples are used as given; prefix/suffix samples keep their own split. Samples too
+    short for both parts are skipped with a warning. Units longer than the model's context are
+    refused (`check_fits_context`).
+    """
+    lead = lead_tokens(model)
+    texts = [s for s in samples if s.tokens is None and s.prefix is None]
+    text_ids = iter(model.tokenize([s.text or "" for s in texts], add_special_tokens=False) if texts else [])
+    pairs = [s for s in samples if s.tokens is None and s.prefix is not None]
+    pair_prefix = iter(model.tokenize([s.prefix for s in pairs], add_special_tokens=False) if pairs else [])
+    pair_suffix = iter(model.tokenize([s.suffix or "" for s in pairs], add_special_tokens=False) if pairs else [])
+    units, short = [], 0
+    for sample in samples:
+        if sample.tokens is not None:
+            head, content, rest = [], list(sample.tokens), None
+        elif sample.prefix is not None:
+            head, content, rest = lead, list(next(pair_prefix)), list(next(pair_suffix))
+        else:
+            head, content, rest = lead, list(next(text_ids)), None
+        if rest is None:  # one sequence: the suffix follows the first `prefix_tokens` tokens
+            if len(content) < prefix_tokens + suffix_tokens:
+                short += 1
+                continue
+            content, rest = content[:prefix_tokens], content[prefix_tokens:]
+        if len(content) < 1 or len(rest) < suffix_tokens:
+            short += 1
+            continue
+        units.append({"sample": sample, "lead": head, "context": content[-prefix_tokens:],
+                      "suffix": rest[:suffix_tokens]})
+    if short:
+        warn(f"{short} sample(s) too short for {prefix_tokens} prefix + {suffix_tokens} suffix tokens "
+             f"were skipped")
+    check_fits_context(units, model, prefix_tokens, suffix_tokens)
+    return units
+
+
+def check_fits_context(units: list[dict[str, Any]], model: Any, prefix_tokens: int, suffix_tokens: int) -> None:
+    """Refuse (a usage error, exit code 4) units whose lead + `prefix_tokens` + `suffix_tokens`
+    exceed the model's context: the model could not see the prefix and the suffix at once."""
+    limit = model.context_length
+    lead = max((len(u["lead"]) for u in units), default=0)
+    if limit and units and lead + prefix_tokens + suffix_tokens > limit:
+        with_lead = f", {lead + prefix_tokens + suffix_tokens} with the tokenizer's BOS" if lead else ""
+        raise UsageError(f"prefix + suffix ({prefix_tokens} + {suffix_tokens} tokens{with_lead}) exceed the "
+                         f"model's context of {limit} tokens")
+
+
+def prompt_length(unit: dict[str, Any], prefix_len: int) -> int:
+    """Tokens before the suffix when the prompt is the last `prefix_len` context tokens."""
+    return len(unit["lead"]) + len(unit["context"][-prefix_len:])
+
+
+def sequence(unit: dict[str, Any], prefix_len: int) -> list[int]:
+    """The unit's tokens when the prompt is the last `prefix_len` context tokens: lead, prompt, suffix."""
+    return unit["lead"] + unit["context"][-prefix_len:] + unit["suffix"]
