@@ -31,7 +31,7 @@ def rule_text(gate: GateSpec) -> str:
              f"increase <= {gate.max_increase:g}" if gate.max_increase is not None else "",
              f"decrease <= {gate.max_decrease:g}" if gate.max_decrease is not None else ""]
     rule = " and ".join(p for p in parts if p)
-    return f"{rule} on {gate.on}" if gate.on != "value" else rule
+    return f"{rule} at {gate.at}" if gate.at != "value" else rule
 
 
 def not_judged(gate: GateSpec, reason: str) -> GateVerdict:
@@ -44,8 +44,8 @@ def judge(gate: GateSpec, result: EvaluationResult, suite: SuiteFile) -> GateVer
     value = metric.value if metric is not None else None
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return GateVerdict(gate.metric, False, "value is a number", value, message=f"{gate.metric} was not computed")
-    judged = value if gate.on == "value" else getattr(metric, gate.on)
-    what = gate.metric if gate.on == "value" else f"the {gate.on} of {gate.metric}"
+    judged = value if gate.at == "value" else getattr(metric, gate.at)
+    what = gate.metric if gate.at == "value" else f"the {gate.at} of {gate.metric}"
     if (gate.min is not None or gate.max is not None) and (judged is None or math.isnan(judged)):
         return GateVerdict(gate.metric, False, rule_text(gate), value,
                            message=f"{gate.metric} has no CI, so {what} cannot be judged")
@@ -64,7 +64,7 @@ def judge(gate: GateSpec, result: EvaluationResult, suite: SuiteFile) -> GateVer
 def fragility(gate: GateSpec, metric: Metric) -> str:
     """A warning when a gate judged on the value passes although its CI reaches past a threshold:
     the verdict could flip on another sample of the data."""
-    if gate.on != "value" or metric.ci_low is None or metric.ci_high is None:
+    if gate.at != "value" or metric.ci_low is None or metric.ci_high is None:
         return ""
     crossed = [t for t in (gate.min, gate.max) if t is not None and metric.ci_low < t < metric.ci_high]
     if not crossed:
@@ -73,7 +73,7 @@ def fragility(gate: GateSpec, metric: Metric) -> str:
     bound = "ci_high" if gate.max is not None and gate.max in crossed else "ci_low"
     return (f"gate {gate.metric} {rule_text(gate)} passes at {metric.value:.4g}, but its {level}CI "
             f"[{metric.ci_low:.4g}, {metric.ci_high:.4g}] crosses {crossed[0]:g}: the verdict could flip on "
-            f"other samples (gate on: {bound} to require the whole CI)")
+            f"other samples (a gate with at: {bound} requires the whole CI)")
 
 
 def _judge_against_baseline(gate: GateSpec, value: float, evaluation_id: str, run: RunDir) -> GateVerdict:

@@ -80,6 +80,8 @@ def _aggregate(base: str, group_id: str, members: list[EvaluationResult], level:
         if not values:
             continue
         low, high = t_interval(values, level)
+        if low is not None and all(m is not None and m.ci_method == "clopper-pearson" for m in found):
+            low, high = max(low, 0.0), min(high, 1.0)  # a rate's mean stays a rate
         metrics.append({"name": name, "mean": float(np.mean(values)), "ci_low": low, "ci_high": high,
                         "ci_level": level, "ci_method": "student-t over seeds", "n": len(values),
                         "values": values, "higher_is_worse": found[0].higher_is_worse if found[0] else None})

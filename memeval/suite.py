@@ -39,9 +39,9 @@ class GateSpec(Strict):
                                                    "run given with --baseline, which also overrides this)")
     max_increase: float | None = None
     max_decrease: float | None = None
-    on: Literal["value", "ci_low", "ci_high"] = Field("value", description=(
-        "what min/max judge: the metric's value, or a bound of its CI (e.g. max on ci_high passes only when "
-        "the whole CI is under the maximum)"))
+    at: Literal["value", "ci_low", "ci_high"] = Field("value", description=(
+        "what min/max judge: the metric's value, or a bound of its CI (max at ci_high passes only when the "
+        "whole CI is under the maximum)"))
 
     @model_validator(mode="after")
     def _has_a_threshold(self) -> GateSpec:
@@ -54,8 +54,8 @@ class GateSpec(Strict):
         for key in ("max_increase", "max_decrease"):
             if numbers.get(key, 0.0) < 0:
                 raise ValueError(f"'{key}' must be >= 0")
-        if self.on != "value" and self.relative:
-            raise ValueError("'on' applies to min/max; a baseline gate compares values")
+        if self.at != "value" and self.relative:
+            raise ValueError("'at' applies to min/max; a baseline gate compares values")
         if self.baseline is not None and not self.relative:
             raise ValueError("'baseline' needs 'max_increase' or 'max_decrease'")
         if self.min is None and self.max is None and not self.relative:
@@ -268,13 +268,22 @@ def _construct(node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: str) -> A
         for key_node, value_node in node.value:
             key = _scalar(key_node, file)
             if not isinstance(key, str):
-                raise UsageError(f"keys must be strings, got {key!r}", file=file, line=key_node.start_mark.line + 1)
+                raise UsageError(f"keys must be strings, got {key!r}{_yaml11_hint(key_node)}", file=file,
+                                 line=key_node.start_mark.line + 1)
             lines[(*loc, key)] = key_node.start_mark.line + 1
             out[key] = _construct(value_node, (*loc, key), lines, file)  # a later key overrides a merged one
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_construct(item, (*loc, i), lines, file) for i, item in enumerate(node.value)]
     return _scalar(node, file)
+
+
+def _yaml11_hint(node: yaml.Node) -> str:
+    """YAML 1.1 reads on/off/yes/no/y/n as booleans: say so when a key was one of them."""
+    word = getattr(node, "value", "")
+    if isinstance(word, str) and word.lower() in ("on", "off", "yes", "no", "y", "n") and not node.tag.endswith(":str"):
+        return f" (YAML reads the key {word!r} as a boolean; quote it: '{word}')"
+    return ""
 
 
 def _reject_duplicate_keys(node: yaml.MappingNode, loc: Loc, file: str) -> None:

@@ -30,23 +30,23 @@ def test_a_gate_on_ci_high_fails_what_the_value_alone_passes(suite):
     result = _result(0.0, 0.0, 0.37)  # 0 of 8: Clopper-Pearson [0, 0.37]
     on_value = judge(GateSpec(metric="rate", max=0.0), result, suite)
     assert on_value.passed and "crosses 0" not in on_value.note  # the threshold is the CI's edge: no flip
-    strict = judge(GateSpec(metric="rate", max=0.0, on="ci_high"), result, suite)
-    assert not strict.passed and strict.rule == "<= 0 on ci_high"
+    strict = judge(GateSpec(metric="rate", max=0.0, at="ci_high"), result, suite)
+    assert not strict.passed and strict.rule == "<= 0 at ci_high"
     assert strict.message == "the ci_high of rate = 0.37 is above the maximum 0"
-    assert judge(GateSpec(metric="rate", min=0.0, on="ci_low"), result, suite).passed
+    assert judge(GateSpec(metric="rate", min=0.0, at="ci_low"), result, suite).passed
 
 
 def test_a_pass_inside_the_ci_is_flagged_as_fragile(suite):
     verdict = judge(GateSpec(metric="rate", max=0.2), _result(0.1, 0.02, 0.31), suite)
-    assert verdict.passed and "crosses 0.2" in verdict.note and "on: ci_high" in verdict.note
+    assert verdict.passed and "crosses 0.2" in verdict.note and "at: ci_high" in verdict.note
     assert judge(GateSpec(metric="rate", max=0.5), _result(0.1, 0.02, 0.31), suite).note == ""
-    no_ci = judge(GateSpec(metric="rate", max=0.5, on="ci_high"), _result(0.1, None, None), suite)
+    no_ci = judge(GateSpec(metric="rate", max=0.5, at="ci_high"), _result(0.1, None, None), suite)
     assert not no_ci.passed and "has no CI" in no_ci.message
 
 
-def test_on_is_for_min_and_max_only():
-    with pytest.raises(ValueError, match="'on' applies to min/max"):
-        GateSpec(metric="rate", max_increase=0.1, on="ci_high")
+def test_at_is_for_min_and_max_only():
+    with pytest.raises(ValueError, match="'at' applies to min/max"):
+        GateSpec(metric="rate", max_increase=0.1, at="ci_high")
 
 
 def test_a_gate_not_judged_is_an_error_never_a_pass():
