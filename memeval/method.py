@@ -93,6 +93,12 @@ class Context(Protocol):
     def artifact(self, name: str, value: Any) -> None:
         """Keep a JSON-serialisable result that is not a metric (a curve, a table) for reporters."""
 
+    def truncated(self, count: int, total: int, what: str, requested: bool = False) -> None:
+        """Say that `count` of `total` units were cut (`what`: which part, to what, by how much).
+        A cut the suite asked for (`requested`, e.g. its `max_tokens`) is a warning; any other is a
+        usage error unless the suite says `on_truncate: warn`. Either way it is counted in the
+        evaluation's `truncated` and shown in the terminal and the reports."""
+
 
 class Method:
     """Base class of an evaluation method.

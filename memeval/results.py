@@ -60,6 +60,7 @@ class EvaluationResult:
     records_path: str | None = None
     model_calls: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    truncated: int = 0  # samples whose text, prompt or suffix a cut shortened (see the warnings)
     artifacts: dict[str, Any] = field(default_factory=dict)  # curves and tables for reporters
     error: str | None = None
     started_at: str | None = None

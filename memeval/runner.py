@@ -55,6 +55,7 @@ class EvaluationContext:
     warnings: list[str] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)
     n_records: int = 0
+    n_truncated: int = 0  # the most samples any one cut touched
 
     @property
     def params(self) -> Any:
@@ -126,6 +127,16 @@ class EvaluationContext:
 
     def artifact(self, name: str, value: Any) -> None:
         self.artifacts[name] = value
+
+    def truncated(self, count: int, total: int, what: str, requested: bool = False) -> None:
+        if not count:
+            return
+        self.n_truncated = max(self.n_truncated, count)
+        message = f"truncated: {count} of {total} {what}"
+        if not requested and self.session.suite.spec.on_truncate == "error":
+            raise UsageError(f"{message}. A cut changes what is measured, so a gate could pass by accident; "
+                             f"set on_truncate: warn in the suite to run with the cut")
+        self.warn(message)
 
 
 def _jsonable(value: Any) -> Any:
@@ -369,6 +380,7 @@ def run_item(session: Session, item: Item) -> EvaluationResult:
     result.records_path = session.run_dir.records_ref(item.id)
     result.base_id, result.matrix = item.base_id, item.matrix
     result.warnings = context.warnings
+    result.truncated = context.n_truncated
     result.artifacts = context.artifacts
     result.started_at, result.seconds = started_at, round(time.perf_counter() - started, 3)
     hook.memeval_evaluation_finish(item=item, result=result)

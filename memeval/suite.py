@@ -199,6 +199,9 @@ class Suite(Strict):
     models: dict[str, ModelSpec] = Field(default_factory=dict)
     datasets: dict[str, DatasetSpec] = Field(default_factory=dict)
     evaluations: list[EvaluationSpec]
+    on_truncate: Literal["error", "warn"] = Field("error", description=(
+        "what a cut the suite did not ask for is (a prompt longer than prefix_tokens, a text longer than the "
+        "model's context): an error (default: a gate must not pass on a shortened prompt), or a counted warning"))
     report: ReportSpec = Field(default_factory=ReportSpec)
 
 

@@ -53,29 +53,29 @@ class LMLoss(Method):
         MetricSpec("perplexity_median", "median over samples of exp(per-sample loss)", False, "perplexity", "median"),
     )
 
-    def prepare(self, samples: list[Sample], context: Any) -> list[tuple[Sample, list[int]]]:
+    def prepare(self, samples: list[Sample], context: Any) -> list[tuple[Sample, list[int], int]]:
         texts = [s for s in samples if s.tokens is None]
         ids = iter(context.model.tokenize([s.full_text or "" for s in texts])) if texts else iter(())
         sequences = [sample.tokens if sample.tokens is not None else next(ids) for sample in samples]
-        sequences = fit_to_context(sequences, context.model, self.params.max_tokens, context.warn)
+        sequences, cuts = fit_to_context(sequences, context.model, self.params.max_tokens, context)
         units = []
-        for sample, tokens in zip(samples, sequences, strict=True):
+        for sample, tokens, cut in zip(samples, sequences, cuts, strict=True):
             if len(tokens) < 2:
                 context.warn(f"sample {sample.id!r} has {len(tokens)} token(s); a loss needs 2 or more: skipped")
                 continue
-            units.append((sample, tokens))
+            units.append((sample, tokens, cut))
         return units
 
-    def size(self, unit: tuple[Sample, list[int]]) -> int:
+    def size(self, unit: tuple[Sample, list[int], int]) -> int:
         return len(unit[1])
 
-    def map(self, batch: list[tuple[Sample, list[int]]], context: Any) -> list[dict[str, Any]]:
-        scores = context.model.score([ids for _, ids in batch])
+    def map(self, batch: list[tuple[Sample, list[int], int]], context: Any) -> list[dict[str, Any]]:
+        scores = context.model.score([ids for _, ids, _ in batch])
         records = []
-        for (sample, ids), score in zip(batch, scores, strict=True):
+        for (sample, ids, cut), score in zip(batch, scores, strict=True):
             loss = -float(np.mean(score.logprob, dtype=np.float64))
             records.append({"id": sample.id, "n_tokens": len(ids) - 1, "loss": loss,
-                            "perplexity": math.exp(loss), "text": sample.full_text})
+                            "perplexity": math.exp(loss), "cut_tokens": cut, "text": sample.full_text})
         return records
 
     def reduce(self, records: list[dict[str, Any]], context: Any) -> list:

@@ -151,8 +151,11 @@ class MembershipAttack(Method):
         to_tokenize = [t for t, g in zip(texts, given, strict=True) if g is None]
         tokenized = iter(model.tokenize(to_tokenize) if to_tokenize else [])
         sequences = [list(ids if ids is not None else next(tokenized)) for ids in given]
-        for unit, ids in zip(units, fit_to_context(sequences, model, self.params.max_tokens, context.warn), strict=True):
+        fitted, cuts = fit_to_context(sequences, model, self.params.max_tokens, context)
+        for unit, ids, cut in zip(units, fitted, cuts, strict=True):
             unit[key] = ids
+            if key == "ids":
+                unit["cut_tokens"] = cut
 
     def size(self, unit: dict[str, Any]) -> int:
         return len(unit["ids"])
@@ -170,7 +173,7 @@ class MembershipAttack(Method):
                                            lower[i] if lower else None, ref[i] if ref else None)
                       for attack in attacks}
             records.append({"id": unit["sample"].id, "member": unit["member"], "n_tokens": len(unit["ids"]) - 1,
-                            "loss": loss, "scores": scores, "text": unit["text"]})
+                            "loss": loss, "scores": scores, "cut_tokens": unit["cut_tokens"], "text": unit["text"]})
         return records
 
     def reduce(self, records: list[dict[str, Any]], context: Any) -> list[Metric]:

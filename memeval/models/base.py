@@ -157,17 +157,21 @@ def greedy_head(truth: list[int], predicted: list[int]) -> tuple[list[int], int]
 
 
 def fit_to_context(sequences: list[list[int]], model: CausalLM, max_tokens: int | None,
-                   warn: Callable[[str], None]) -> list[list[int]]:
-    """Cut sequences to `max_tokens` and to the model's context, saying how many were cut by the
-    context (a cut the suite did not ask for)."""
+                   context: Any) -> tuple[list[list[int]], list[int]]:
+    """Cut sequences to `max_tokens` (a cut the suite asked for) and to the model's context (one it
+    did not), reporting each through `context.truncated`; returns the sequences and the tokens cut
+    from each."""
     limits = [n for n in (max_tokens, model.context_length) if n]
     if not limits:
-        return sequences
+        return sequences, [0] * len(sequences)
     limit = min(limits)
-    cut = sum(len(s) > limit for s in sequences)
-    if cut and (max_tokens is None or limit < max_tokens):
-        warn(f"{cut} sequence(s) longer than the model's context of {limit} tokens were truncated to it")
-    return [list(s[:limit]) for s in sequences]
+    cuts = [max(0, len(s) - limit) for s in sequences]
+    cut = [c for c in cuts if c]
+    requested = max_tokens is not None and limit == max_tokens
+    why = f"max_tokens {limit}" if requested else f"the model's context of {limit} tokens"
+    context.truncated(len(cut), len(sequences), f"sequences cut to {why} (by up to {max(cut, default=0)} tokens)",
+                      requested=requested)
+    return [list(s[:limit]) for s in sequences], cuts
 
 
 class CachedCausalLM:

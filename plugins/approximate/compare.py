@@ -36,6 +36,7 @@ from memeval_plugins.approximate.scoring import (
     warn_blank,
 )
 from memeval_plugins.approximate.sections import compare_sections
+from memeval_plugins.extraction.units import cut_tokens, report_cuts
 
 
 class CompareParams(ScoringParams):
@@ -98,6 +99,7 @@ class Compare(Method):
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
         p = self.params
         base = split_units(samples, context.model, p, context.warn)
+        report_cuts(base, p.prefix_tokens, p.suffix_tokens, context)
         other = {u["sample"].id: u for u in split_units(samples, context.model_named(p.mitigated_model), p,
                                                         lambda message: None)}
         units = [{"base": u, "mitigated": other[u["sample"].id]} for u in base if u["sample"].id in other]
@@ -122,8 +124,8 @@ class Compare(Method):
             pairs += score_pairs(model, units, generations[side])
         scores = self.scorer.score(pairs)  # one call: a reference both models share is encoded once
         warn_blank(pairs, self.scorer, context)
-        records = [{"id": u["base"]["sample"].id, "prefix": u["base"]["prompt_text"], "truth": u["base"]["truth"]}
-                   for u in batch]
+        records = [{"id": u["base"]["sample"].id, "prefix": u["base"]["prompt_text"], "truth": u["base"]["truth"],
+                    **cut_tokens(u["base"], p.prefix_tokens, p.suffix_tokens)} for u in batch]
         start = 0
         for side, model in models.items():
             units = [u[side] for u in batch]

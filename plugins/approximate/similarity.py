@@ -33,6 +33,7 @@ from memeval_plugins.approximate.scoring import (
     warn_blank,
 )
 from memeval_plugins.approximate.sections import similarity_sections
+from memeval_plugins.extraction.units import cut_tokens, report_cuts
 
 
 class SimilarityParams(ScoringParams):
@@ -89,6 +90,7 @@ class Similarity(Method):
 
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
         units = split_units(samples, context.model, self.params, context.warn)
+        report_cuts(units, self.params.prefix_tokens, self.params.suffix_tokens, context)
         self.scorer = make_scorer(self.params, context, [u["truth"] for u in units])
         return units
 
@@ -103,7 +105,8 @@ class Similarity(Method):
         warn_blank(pairs, self.scorer, context)
         sides = scored_side(model, generations, self.params, scores)
         return [{"id": u["sample"].id, "prefix": u["prompt_text"], "truth": u["truth"], **side,
-                 "suffix_ids": u["suffix"]} for u, side in zip(batch, sides, strict=True)]
+                 "suffix_ids": u["suffix"], **cut_tokens(u, self.params.prefix_tokens, self.params.suffix_tokens)}
+                for u, side in zip(batch, sides, strict=True)]
 
     def reduce(self, records: list[dict[str, Any]], context: Any) -> list[Metric]:
         p, n = self.params, len(records)

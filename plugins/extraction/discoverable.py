@@ -23,8 +23,10 @@ from memeval.api import (
 from memeval_plugins.extraction.sections import discoverable_sections
 from memeval_plugins.extraction.units import (
     PrefixSuffixParams,
+    cut_tokens,
     prefix_suffix_units,
     prompt_length,
+    report_cuts,
     sequence,
 )
 
@@ -93,7 +95,9 @@ class Discoverable(Method):
 
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
         p = self.params
-        return prefix_suffix_units(samples, context.model, context.warn, p.longest_prefix(), p.suffix_tokens)
+        units = prefix_suffix_units(samples, context.model, context.warn, p.longest_prefix(), p.suffix_tokens)
+        report_cuts(units, p.prefix_tokens, p.suffix_tokens, context)
+        return units
 
     def size(self, unit: dict[str, Any]) -> int:
         return len(unit["context"]) + len(unit["suffix"])
@@ -115,7 +119,8 @@ class Discoverable(Method):
         for i, (unit, decision, gen) in enumerate(zip(batch, decisions, generated, strict=True)):
             m = len(unit["suffix"])
             record = {"id": unit["sample"].id, "prefix": model.decode(unit["context"][-p.prefix_tokens:]),
-                      "suffix": model.decode(unit["suffix"]), **decision}
+                      "suffix": model.decode(unit["suffix"]), **decision,
+                      **cut_tokens(unit, p.prefix_tokens, p.suffix_tokens)}
             if gen is not None:
                 record["generated"] = model.decode(gen)
                 record["memorization_score"] = sum(a == b for a, b in zip(gen, unit["suffix"], strict=True)) / m

@@ -19,6 +19,7 @@ from memeval.api import (
     Records,
     Sample,
     Section,
+    UsageError,
     mean_metric,
 )
 from memeval_plugins.extraction.sections import exposure_sections
@@ -27,7 +28,12 @@ from memeval_plugins.extraction.sections import exposure_sections
 class ExposureParams(Params):
     secret_field: str = Field("secret", description="dataset column holding each canary's secret (it appears "
                                                     "once in the canary's text)")
-    alphabet: str = Field("0123456789", min_length=2, description="characters a secret is drawn from")
+    alphabet: str = Field("0123456789", min_length=2, description="characters a secret is drawn from (without "
+                                                                 "`format`: every position; with it: `?`)")
+    format: str | None = Field(None, min_length=1, description=(
+        "the secret's shape, one character per position: D a digit, L a lower-case letter, U an upper-case "
+        "letter, H a hex digit, ? a character of `alphabet`, \\ before a character keeps it literal, anything "
+        "else is literal (e.g. DDD-DD-DDDD for an SSN: 10^9 candidates, not every 11-character string)"))
     method: Literal["auto", "exact", "skew_normal"] = Field(
         "auto", description="exact: rank among every candidate; skew_normal: extrapolate from a sample; auto: "
                             "exact when the space has at most max_enumerate candidates")
@@ -63,31 +69,35 @@ class Exposure(Method):
         for sample in samples:
             text, secret = sample.full_text or "", sample.meta.get(self.params.secret_field)
             if not isinstance(secret, str) or text.count(secret) != 1:
-                raise ValueError(f"sample {sample.id!r}: column {self.params.secret_field!r} must hold a string "
+                raise UsageError(f"sample {sample.id!r}: column {self.params.secret_field!r} must hold a string "
                                  f"found exactly once in the text")
-            if set(secret) - set(self.params.alphabet):
-                raise ValueError(f"sample {sample.id!r}: secret {secret!r} has characters outside the alphabet")
+            space = SecretSpace.of(self.params, secret)
+            problem = space.misfit(secret)
+            if problem:
+                fix = "fix the secret or the format" if self.params.format else "fix the secret or set alphabet/format"
+                raise UsageError(f"sample {sample.id!r}: secret {secret!r} is outside its candidate space: {problem}; "
+                                 f"{fix}")
             before, after = text.split(secret)
-            units.append({"sample": sample, "before": before, "after": after, "secret": secret})
+            units.append({"sample": sample, "before": before, "after": after, "secret": secret, "space": space})
         return units
 
     def map(self, batch: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
         return [self.expose(unit, context) for unit in batch]
 
     def expose(self, unit: dict[str, Any], context: Any) -> dict[str, Any]:
-        p, model = self.params, context.model
-        alphabet, length = p.alphabet, len(unit["secret"])
-        space = len(alphabet) ** length
+        p, model, secret_space = self.params, context.model, unit["space"]
+        length, space = len(unit["secret"]), secret_space.size
         exact = p.method == "exact" or (p.method == "auto" and space <= p.max_enumerate)
         if exact:
-            candidates: Iterable[str] = (_nth_string(i, alphabet, length) for i in range(space))
+            candidates: Iterable[str] = (secret_space.nth(i) for i in range(space))
         else:
             rng = np.random.default_rng([context.seed, zlib.crc32(unit["sample"].id.encode())])
-            candidates = ("".join(rng.choice(list(alphabet), size=length)) for _ in range(p.samples))
+            candidates = (secret_space.draw(rng) for _ in range(p.samples))
         texts = [unit["before"] + c + unit["after"] for c in [unit["secret"], *candidates]]
         log_ppl = -np.array(model.sequence_logprob(model.tokenize(texts)), dtype=np.float64)
         canary, others = log_ppl[0], log_ppl[1:]
-        record = {"id": unit["sample"].id, "secret_length": length, "space": space, "log_perplexity": canary,
+        record = {"id": unit["sample"].id, "secret_length": length, "space": space, "format": p.format,
+                  "log_perplexity": canary,
                   "method": "exact" if exact else "skew_normal",
                   **{k: v for k, v in unit["sample"].meta.items() if k != self.params.secret_field}}
         if exact:
@@ -110,12 +120,64 @@ class Exposure(Method):
         return exposure_sections(evaluation, records)
 
 
-def _nth_string(index: int, alphabet: str, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        index, digit = divmod(index, len(alphabet))
-        chars.append(alphabet[digit])
-    return "".join(reversed(chars))
+FORMAT_CLASSES = {"D": "0123456789", "L": "abcdefghijklmnopqrstuvwxyz", "U": "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
+                  "H": "0123456789abcdef"}
+
+
+class SecretSpace:
+    """The candidate secrets: one character class per position (a literal is a class of one)."""
+
+    def __init__(self, positions: list[str]):
+        self.positions = positions
+        self.size = math.prod(len(p) for p in positions)
+
+    @classmethod
+    def of(cls, params: ExposureParams, secret: str) -> SecretSpace:
+        if params.format is None:
+            return cls([params.alphabet] * len(secret))
+        return cls(parse_format(params.format, params.alphabet))
+
+    def misfit(self, secret: str) -> str:
+        """Why `secret` is not one of the candidates ('' when it is)."""
+        if len(secret) != len(self.positions):
+            return f"{len(secret)} characters, the space has {len(self.positions)}"
+        for i, (char, allowed) in enumerate(zip(secret, self.positions, strict=True)):
+            if char not in allowed:
+                shown = allowed if len(allowed) <= 16 else f"{allowed[:10]}...{allowed[-3:]}"
+                return f"character {i + 1} is {char!r}, expected one of {shown!r}"
+        return ""
+
+    def nth(self, index: int) -> str:
+        """The index-th candidate, the last position varying fastest."""
+        chars = []
+        for allowed in reversed(self.positions):
+            index, digit = divmod(index, len(allowed))
+            chars.append(allowed[digit])
+        return "".join(reversed(chars))
+
+    def draw(self, rng: np.random.Generator) -> str:
+        """A candidate drawn uniformly (each position independently)."""
+        if len(set(self.positions)) == 1:  # one alphabet: the draw runs without a format did, kept
+            return "".join(rng.choice(list(self.positions[0]), size=len(self.positions)))
+        picks = rng.integers(0, [len(allowed) for allowed in self.positions])
+        return "".join(allowed[i] for allowed, i in zip(self.positions, picks, strict=True))
+
+
+def parse_format(template: str, alphabet: str) -> list[str]:
+    positions, escaped = [], False
+    for char in template:
+        if escaped:
+            positions.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "?":
+            positions.append(alphabet)
+        else:
+            positions.append(FORMAT_CLASSES.get(char, char))
+    if escaped:
+        raise ValueError("format ends with a lone backslash")
+    return positions
 
 
 def skew_normal_exposure(canary: float, sample: np.ndarray, space: int) -> dict[str, Any]:

@@ -23,8 +23,10 @@ from memeval.api import (
 from memeval_plugins.extraction.sections import probabilistic_sections
 from memeval_plugins.extraction.units import (
     PrefixSuffixParams,
+    cut_tokens,
     prefix_suffix_units,
     prompt_length,
+    report_cuts,
     sequence,
 )
 
@@ -63,8 +65,10 @@ class Probabilistic(Method):
     )
 
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
-        return prefix_suffix_units(samples, context.model, context.warn, self.params.prefix_tokens,
-                                   self.params.suffix_tokens)
+        p = self.params
+        units = prefix_suffix_units(samples, context.model, context.warn, p.prefix_tokens, p.suffix_tokens)
+        report_cuts(units, p.prefix_tokens, p.suffix_tokens, context)
+        return units
 
     def size(self, unit: dict[str, Any]) -> int:
         return len(unit["context"]) + len(unit["suffix"])
@@ -88,7 +92,7 @@ class Probabilistic(Method):
             greedy = bool((scores[i].argmax[positions].astype(int) == np.asarray(unit["suffix"])).all())
             records.append({"id": unit["sample"].id, "suffix": model.decode(unit["suffix"]), "log_p_z": log_p,
                             "p_z": math.exp(log_p), **extraction_odds(log_p, p.n_queries, p.target_probability),
-                            "greedy_exact": greedy})
+                            "greedy_exact": greedy, **cut_tokens(unit, p.prefix_tokens, p.suffix_tokens)})
         return records
 
     def reduce(self, records: list[dict[str, Any]], context: Any) -> list[Metric]:

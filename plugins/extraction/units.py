@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from memeval.api import Params, Sample, UsageError
+from memeval.api import Context, Params, Sample, UsageError
 
 
 class PrefixSuffixParams(Params):
@@ -30,7 +30,9 @@ def prefix_suffix_units(samples: list[Sample], model: Any, warn: Callable[[str],
     Text is tokenized without special tokens and the tokenizer's lead (BOS) is put in front;
     token-id samples are used as given; prefix/suffix samples keep their own split. Samples too
     short for both parts are skipped with a warning. Units longer than the model's context are
-    refused (`check_fits_context`).
+    refused (`check_fits_context`). A prefix/suffix sample whose given prefix or suffix is longer
+    than the prompt or suffix measured keeps its lengths (`given_prefix`, `given_suffix`): the
+    methods report those cuts (`report_cuts`), as an error unless the suite says `on_truncate: warn`.
     """
     lead = lead_tokens(model)
     texts = [s for s in samples if s.tokens is None and s.prefix is None]
@@ -55,12 +57,33 @@ def prefix_suffix_units(samples: list[Sample], model: Any, warn: Callable[[str],
             short += 1
             continue
         units.append({"sample": sample, "lead": head, "context": content[-prefix_tokens:],
-                      "suffix": rest[:suffix_tokens]})
+                      "suffix": rest[:suffix_tokens], "given_prefix": len(content) if sample.prefix is not None else None,
+                      "given_suffix": len(rest) if sample.prefix is not None else None})
     if short:
         warn(f"{short} sample(s) too short for {prefix_tokens} prefix + {suffix_tokens} suffix tokens "
              f"were skipped")
     check_fits_context(units, model, prefix_tokens, suffix_tokens)
     return units
+
+
+def cut_tokens(unit: dict[str, Any], prompt_tokens: int, suffix_tokens: int) -> dict[str, int]:
+    """How many tokens of a prefix/suffix sample's own prefix and suffix are not measured (0 for
+    text samples, whose split is the method's)."""
+    if unit["given_prefix"] is None:
+        return {"prefix_cut_tokens": 0, "suffix_cut_tokens": 0}
+    return {"prefix_cut_tokens": max(0, unit["given_prefix"] - prompt_tokens),
+            "suffix_cut_tokens": max(0, unit["given_suffix"] - suffix_tokens)}
+
+
+def report_cuts(units: list[dict[str, Any]], prompt_tokens: int, suffix_tokens: int, context: Context) -> None:
+    """Count the samples whose own prefix or suffix is cut, and say so through the context (an
+    error under the suite's default `on_truncate: error`)."""
+    cuts = [cut_tokens(u, prompt_tokens, suffix_tokens) for u in units]
+    for part, limit in (("prefix", prompt_tokens), ("suffix", suffix_tokens)):
+        cut = [c[f"{part}_cut_tokens"] for c in cuts if c[f"{part}_cut_tokens"]]
+        if cut:
+            context.truncated(len(cut), len(units), f"samples had their own {part} cut to {limit} tokens (by up "
+                                                    f"to {max(cut)} tokens; raise {part}_tokens to measure it whole)")
 
 
 def check_fits_context(units: list[dict[str, Any]], model: Any, prefix_tokens: int, suffix_tokens: int) -> None:

@@ -104,8 +104,12 @@ class Untargeted(Method):
         p, model = self.params, context.model
         if p.prompts is not None:
             texts = [s.full_text or "" for s in context.dataset_named(p.prompts)]
-            prompts = [lead_tokens(model) + ids[:p.prompt_tokens]
-                       for ids in model.tokenize(texts, add_special_tokens=False)]
+            tokenized = model.tokenize(texts, add_special_tokens=False)
+            cut = [len(ids) - p.prompt_tokens for ids in tokenized if len(ids) > p.prompt_tokens]
+            context.truncated(len(cut), len(tokenized), f"prompts cut to their first {p.prompt_tokens} tokens "
+                                                        f"(prompt_tokens; by up to {max(cut, default=0)})",
+                              requested=True)
+            prompts = [lead_tokens(model) + ids[:p.prompt_tokens] for ids in tokenized]
         else:
             prompts = [lead_tokens(model) or [model.tokenizer.eos_token_id]]
         self.index = self._corpus_index(context)

@@ -109,7 +109,7 @@ def test_ten_thousand_records_stay_small_and_fast(browser, cache_dir, tmp_path):
              "evaluations": [{"id": "loss", "method": "lm.loss", "model": "tiny", "dataset": "many"},
                              {"id": "extract", "method": "extraction.discoverable", "model": "tiny",
                               "dataset": "many", "params": {"prefix_tokens": 8, "suffix_tokens": 8}}],
-             "report": {"html": True}}
+             "report": {"html": True}, "on_truncate": "warn"}  # 8 of the 12-character prefixes' tokens
     path = tmp_path / "many.yaml"
     path.write_text(json.dumps(suite))
     proc = run_memeval("run", path, "--out", tmp_path / "run", "-q", cache=cache_dir)
