@@ -169,12 +169,16 @@ def test_blind_baseline_flags_a_biased_split(tmp_path, run_cli, tiny_model_dir, 
     rng = random.Random(3)
     write_jsonl(tmp_path / "members.jsonl", [{"text": t} for t in random_docs(rng, 40, (12, 16))])
     write_jsonl(tmp_path / "non.jsonl", [{"text": t} for t in random_docs(rng, 40, (3, 5))])
-    (tmp_path / "s.yaml").write_text(suite_text({"target": {"adapter": "hf-causal", "path": str(tiny_model_dir)}},
-                                                MIA))
+    suite = suite_text({"target": {"adapter": "hf-causal", "path": str(tiny_model_dir)}}, MIA)
+    (tmp_path / "s.yaml").write_text(suite)
+    code, _, err = run_cli("run", tmp_path / "s.yaml", "--out", tmp_path / "run")
+    assert code == 4 and "cut to the model's context of 64 tokens" in err  # the long members do not fit
+    (tmp_path / "s.yaml").write_text(suite + "on_truncate: warn\n")
     assert run_cli("run", tmp_path / "s.yaml", "--out", tmp_path / "run")[0] == 0
     metrics, evaluation = metrics_of(tmp_path / "run")
     assert metrics["blind_auc"]["ci_low"] > 0.9
     assert any("separable without the model" in w for w in evaluation["warnings"])
+    assert evaluation["truncated"] > 0 and any(w.startswith("truncated: ") for w in evaluation["warnings"])
 
 
 def test_attacks_share_one_forward_pass(split, run_cli, tiny_model_dir, cache_dir):
