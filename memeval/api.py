@@ -47,6 +47,7 @@ from memeval.stats import (
     DEFAULT_RESAMPLES,
     best_balanced_accuracy,
     bootstrap_ci,
+    by_rows,
     clopper_pearson,
     cross_validated_scores,
     mean_metric,
@@ -57,6 +58,7 @@ from memeval.stats import (
     roc_metric,
     stratified_bootstrap_ci,
     tpr_at_fpr,
+    tpr_at_fpr_statistic,
 )
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
@@ -71,10 +73,10 @@ __all__ = [
     "Context", "CorpusIndex", "EvaluationResult", "Histogram", "LinePlot", "Method", "Metric", "MetricSpec",
     "ModelAdapter", "OutputCache", "Params", "Records", "Registry", "RegistryError", "RunDir", "Sample",
     "Section", "Sensitive", "Series", "Strict", "Table", "Text", "TokenScores", "TorchThreads", "UsageError",
-    "__version__", "best_balanced_accuracy", "bootstrap_ci", "clopper_pearson", "corpus_fingerprint",
+    "__version__", "best_balanced_accuracy", "bootstrap_ci", "by_rows", "clopper_pearson", "corpus_fingerprint",
     "cross_validated_scores", "fit_to_context", "histogram_counts", "histogram_of", "hookimpl", "mean_metric",
     "output_key", "paired_bootstrap_ci", "rate_metric", "roc_auc", "roc_curve", "roc_metric",
-    "stratified_bootstrap_ci", "tpr_at_fpr",
+    "stratified_bootstrap_ci", "tpr_at_fpr", "tpr_at_fpr_statistic",
     # training experiments (classifier models): the log, the labels, and what they measure
     "Curves", "LabelSet", "Trainer", "TrainingLog", "training_curves", "training_final_counts", "training_records",
 ]

@@ -12,6 +12,7 @@ from scipy import stats as sps
 
 from memeval.results import Metric
 
+BOOTSTRAP_CELLS = 2_000_000  # scores held at once by a row-wise bootstrap (16 MB)
 DEFAULT_LEVEL = 0.95
 DEFAULT_RESAMPLES = 2000
 
@@ -106,6 +107,48 @@ def roc_curve(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.n
     return fpr, tpr, thresholds
 
 
+def _sorted_roc(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row of `scores` (shape (r, n); `labels` shape (n,)): TPR and FPR after each position of
+    the scores sorted high to low, and whether that position closes a threshold (the last of a run
+    of tied scores); one ROC point per closing position, as `roc_curve` gives for a single row."""
+    order = np.argsort(-scores, axis=1, kind="mergesort")
+    ranked = np.take_along_axis(scores, order, axis=1)
+    hits = labels[order]
+    tpr = np.cumsum(hits, axis=1) / labels.sum()
+    fpr = np.cumsum(~hits, axis=1) / (~labels).sum()
+    closes = np.ones_like(ranked, dtype=bool)
+    closes[:, :-1] = ranked[:, 1:] != ranked[:, :-1]
+    return tpr, fpr, closes
+
+
+def _auc_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """AUC of each row: the Mann-Whitney U over n1 n0, ties counting one half (equal to the
+    trapezoid under `roc_curve`)."""
+    ranks = sps.rankdata(scores, axis=1)
+    n1, n0 = labels.sum(), (~labels).sum()
+    return (ranks[:, labels].sum(axis=1) - n1 * (n1 + 1) / 2.0) / (n1 * n0)
+
+
+def _tpr_at_fpr_rows(labels: np.ndarray, scores: np.ndarray, target: float) -> np.ndarray:
+    tpr, fpr, closes = _sorted_roc(labels, scores)
+    return np.where(closes & (fpr <= target + 1e-12), tpr, 0.0).max(axis=1)
+
+
+def _balanced_accuracy_rows(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    tpr, fpr, closes = _sorted_roc(labels, scores)
+    return np.maximum(np.where(closes, (tpr + 1.0 - fpr) / 2.0, 0.0).max(axis=1), 0.5)
+
+
+def by_rows(rows: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Callable[[Callable], Callable]:
+    """Give a ROC statistic its row-wise form (`statistic.rows(labels, scores of shape (r, n))`),
+    so a bootstrap computes all its resamples at once."""
+    def attach(statistic: Callable) -> Callable:
+        statistic.rows = rows  # type: ignore[attr-defined]
+        return statistic
+    return attach
+
+
+@by_rows(_auc_rows)
 def roc_auc(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
     """Area under the ROC curve (ties count one half: the Mann-Whitney U statistic / n1 n0)."""
     fpr, tpr, _ = roc_curve(labels, scores)
@@ -117,6 +160,15 @@ def tpr_at_fpr(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.
     return float(tpr[fpr <= target + 1e-12].max())
 
 
+def tpr_at_fpr_statistic(target: float) -> Callable[[np.ndarray, np.ndarray], float]:
+    """`tpr_at_fpr` at one target, as a statistic a bootstrap can resample row-wise."""
+    @by_rows(lambda labels, scores: _tpr_at_fpr_rows(labels, scores, target))
+    def statistic(labels: np.ndarray, scores: np.ndarray) -> float:
+        return tpr_at_fpr(labels, scores, target)
+    return statistic
+
+
+@by_rows(_balanced_accuracy_rows)
 def best_balanced_accuracy(labels: Sequence[int] | np.ndarray, scores: Sequence[float] | np.ndarray) -> float:
     """max over thresholds of (TPR + TNR) / 2."""
     fpr, tpr, _ = roc_curve(labels, scores)
@@ -136,10 +188,16 @@ def stratified_bootstrap_ci(labels: Sequence[int] | np.ndarray, scores: Sequence
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
     resample_labels = np.r_[np.ones(len(pos), dtype=bool), np.zeros(len(neg), dtype=bool)]
-    values = np.empty(n_resamples)
-    for i in range(n_resamples):
-        drawn = np.concatenate([pos[rng.integers(0, len(pos), len(pos))], neg[rng.integers(0, len(neg), len(neg))]])
-        values[i] = statistic(resample_labels, drawn)
+    draws = [(rng.integers(0, len(pos), len(pos)), rng.integers(0, len(neg), len(neg))) for _ in range(n_resamples)]
+    rows = getattr(statistic, "rows", None)
+    if rows is not None:  # every resample at once, in chunks of bounded memory
+        chunk = max(1, BOOTSTRAP_CELLS // s.size)
+        values = np.concatenate([
+            rows(resample_labels, np.concatenate([pos[np.stack([p for p, _ in part])],
+                                                  neg[np.stack([n for _, n in part])]], axis=1))
+            for part in (draws[i:i + chunk] for i in range(0, n_resamples, chunk))])
+    else:
+        values = np.array([statistic(resample_labels, np.concatenate([pos[p], neg[n]])) for p, n in draws])
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(values, [alpha, 1.0 - alpha])
     return float(low), float(high)

@@ -27,13 +27,14 @@ from memeval.api import (
     Table,
     TokenScores,
     best_balanced_accuracy,
+    by_rows,
     cross_validated_scores,
     fit_to_context,
     hookimpl,
     roc_auc,
     roc_curve,
     roc_metric,
-    tpr_at_fpr,
+    tpr_at_fpr_statistic,
 )
 
 Attack = Literal["loss", "zlib", "lowercase", "min_k", "min_k_plus_plus", "reference"]
@@ -281,8 +282,8 @@ def lowest_k_mean(values: np.ndarray, k: float) -> float:
 def attack_metrics(attack: str, labels: np.ndarray, scores: np.ndarray, seed: int) -> list[Metric]:
     metrics = [roc_metric(f"{attack}_auc", labels, scores, roc_auc, seed=seed)]
     for label, level in FPR_LEVELS.items():
-        metrics.append(roc_metric(f"{attack}_tpr_at_{label}_fpr", labels, scores,
-                                  lambda y, s, level=level: tpr_at_fpr(y, s, level), seed=seed))
+        metrics.append(roc_metric(f"{attack}_tpr_at_{label}_fpr", labels, scores, tpr_at_fpr_statistic(level),
+                                  seed=seed))
     metrics.append(roc_metric(f"{attack}_balanced_accuracy", labels, scores, best_balanced_accuracy, seed=seed))
     return metrics
 
@@ -290,6 +291,7 @@ def attack_metrics(attack: str, labels: np.ndarray, scores: np.ndarray, seed: in
 def _difference_metric(labels: np.ndarray, attack: np.ndarray, blind: np.ndarray, seed: int) -> Metric:
     """AUC(attack) - AUC(blind), with a paired stratified bootstrap CI (both scored on each resample)."""
 
+    @by_rows(lambda y, pairs: roc_auc.rows(y, pairs[..., 0]) - roc_auc.rows(y, pairs[..., 1]))
     def difference(y: np.ndarray, pair: np.ndarray) -> float:
         return roc_auc(y, pair[:, 0]) - roc_auc(y, pair[:, 1])
 
