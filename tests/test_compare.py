@@ -96,6 +96,11 @@ def test_run_with_baseline_gates_and_reports_the_change(two_runs, tiny_suite, ru
     assert row["tolerance"] == 0.05 and row["verdict"] == "regression"
     page = (tmp_path / "gated" / "report.html").read_text()
     assert 'data-delta="train-loss/loss_mean"' in page
+    regressions = [r for r in run["baseline"]["rows"] if r["verdict"] == "regression"]
+    assert f"<b>{len(regressions)} regression(s)</b> among {len(run['baseline']['rows'])} metrics" in page
+    table = page[page.index('id="baseline-deltas"'):page.index("</table>", page.index('id="baseline-deltas"'))]
+    assert table.count("<tr data-delta=") == len(regressions)  # regressions first, the rest folded away
+    assert 'data-verdict="regression"' in table and 'data-verdict="improvement"' not in table
     assert "Against the baseline" in (tmp_path / "gated" / "summary.md").read_text()
 
 

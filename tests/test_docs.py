@@ -151,3 +151,23 @@ def test_readme_links_stay_inside_the_repository():
         path = (REPO / target.split("#")[0]).resolve()
         assert path.is_relative_to(REPO) and path.exists(), f"README links to {target!r}, which is not in the repository"
     assert "../" not in README
+
+
+def test_every_param_of_every_method_and_adapter_is_described():
+    from memeval.config import Config
+    from memeval.listing import describe_registry
+    from memeval.plugins import build_registry, make_plugin_manager
+
+    pm = make_plugin_manager()
+    info = describe_registry(Config(options=None, pluginmanager=pm, registry=build_registry(pm)))
+
+    def undescribed(params, prefix=""):
+        for param in params:
+            name = prefix + param["name"]
+            if not param.get("description"):
+                yield name
+            yield from undescribed(param.get("fields") or [], name + ".")
+
+    missing = {f"{kind[:-1]} {entry['name']}": list(undescribed(entry["params"]))
+               for kind in ("methods", "adapters") for entry in info[kind]}
+    assert {k: v for k, v in missing.items() if v} == {}

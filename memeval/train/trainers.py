@@ -38,11 +38,11 @@ PREDICT_CHUNK = 8192
 
 
 class OptimizerParams(Strict):
-    name: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: float = Field(1e-3, gt=0)
+    name: Literal["sgd", "adam", "adamw"] = Field("adam", description="the torch optimizer")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
     momentum: float = Field(0.9, ge=0, lt=1, description="sgd only")
-    weight_decay: float = Field(0.0, ge=0)
-    epochs: int = Field(100, ge=1)
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay")
+    epochs: int = Field(100, ge=1, description="passes over the training set")
     batch_size: int | None = Field(None, ge=1, description="examples per step; none: the whole training set")
     schedule: Literal["constant", "cosine"] = Field("constant", description="learning rate per epoch: constant, "
                                                                              "or cosine annealing to 0")

@@ -43,7 +43,7 @@ class CompareParams(ScoringParams):
     mitigated_model: str = Field(description="suite model compared against the evaluation's (base) model")
     scoring_model: str | None = Field(None, description="suite model whose perplexity of each generation "
                                                         "measures fluency (default: the evaluation's model)")
-    histogram_bins: int = Field(20, ge=1, le=100)
+    histogram_bins: int = Field(20, ge=1, le=100, description="bins of each score and perplexity histogram artifact")
 
 
 def _compare_metrics() -> tuple[MetricSpec, ...]:

@@ -36,7 +36,7 @@ class DiscoverableParams(PrefixSuffixParams):
                                                                 "(same suffix): an extraction vs context-length curve")
     memorization_score: bool = Field(True, description="compute the fractional memorization score (needs greedy "
                                                        "generation after the first divergence)")
-    histogram_bins: int = Field(10, ge=1, le=100)
+    histogram_bins: int = Field(10, ge=1, le=100, description="bins of the memorization-score histogram artifact")
 
     @model_validator(mode="after")
     def _curve_fits(self) -> DiscoverableParams:

@@ -37,9 +37,10 @@ class ExposureParams(Params):
     method: Literal["auto", "exact", "skew_normal"] = Field(
         "auto", description="exact: rank among every candidate; skew_normal: extrapolate from a sample; auto: "
                             "exact when the space has at most max_enumerate candidates")
-    max_enumerate: int = Field(20000, ge=1)
+    max_enumerate: int = Field(20000, ge=1, description="method auto ranks exactly among every candidate up to "
+                                                         "this many, else fits a skew-normal")
     samples: int = Field(2000, ge=50, description="candidates drawn for the skew-normal fit")
-    batch_size: int | None = Field(None, ge=1)
+    batch_size: int | None = Field(None, ge=1, description="canaries per map call (default: the model's)")
 
 
 class Exposure(Method):

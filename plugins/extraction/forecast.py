@@ -21,7 +21,8 @@ class ForecastParams(Params):
     target: RunRef = Field(description="the target model's extraction (the truth)")
     memorized_if: Literal["exact", "score"] = Field("exact", description="exact match, or memorization score >= "
                                                                           "score_threshold")
-    score_threshold: float = Field(1.0, ge=0, le=1)
+    score_threshold: float = Field(1.0, ge=0, le=1, description="a sample counts as memorized when its "
+                                                                "memorization_score is at least this (1: verbatim)")
 
 
 class Forecast(Method):

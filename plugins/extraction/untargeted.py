@@ -38,15 +38,17 @@ class TemperatureDecay(Strict):
 class UntargetedParams(Params):
     corpus: str = Field(description="suite dataset of the training corpus to check candidates against (streamed)")
     num_samples: int = Field(200, ge=1, description="generations to draw")
-    max_new_tokens: int = Field(48, ge=2)
-    top_k: int | None = Field(40, ge=1)
-    temperature: float = Field(1.0, gt=0)
+    max_new_tokens: int = Field(48, ge=2, description="tokens generated per sample")
+    top_k: int | None = Field(40, ge=1, description="sample from the k most likely tokens (none: all)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (without temperature_decay)")
     temperature_decay: TemperatureDecay | None = Field(None, description="e.g. {start: 10, steps: 20} as Carlini "
                                                                           "et al. 2021")
     prompts: str | None = Field(None, description="suite dataset whose texts' first tokens prompt the samples "
                                                   "(default: the tokenizer's BOS alone)")
-    prompt_tokens: int = Field(8, ge=1)
-    reference_model: str | None = None
+    prompt_tokens: int = Field(8, ge=1, description="tokens of each prompt text given to the model (a "
+                                                   "counted, requested cut)")
+    reference_model: str | None = Field(None, description="a suite model whose perplexity the reference "
+                                                          "ranking divides by")
     rankings: list[Ranking] | None = Field(None, description="default: all (reference only with reference_model)")
     window: int = Field(16, ge=2, description="tokens in the sliding window of the 'window' ranking")
     top_n: int = Field(20, ge=1, description="candidates per ranking checked for precision")

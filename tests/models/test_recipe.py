@@ -125,3 +125,14 @@ evaluations: [{id: l, method: lm.loss, model: tuned, dataset: a}]
 """)
     code, _, err = run_cli("validate", tmp_path / "s.yaml")
     assert code == 4 and "models.tuned.init_from: unknown dataset 'missing'" in err
+
+
+def test_training_documents_longer_than_the_context_are_counted(tmp_path):
+    p = RecipeParams.model_validate({"dataset": "x", "architecture": {"n_layer": 1, "n_embd": 16, "n_head": 2,
+                                                                      "n_positions": 16},
+                                     "training": {"epochs": 1}})
+    said: list[str] = []
+    texts = ["short", "a document of well over fifteen bytes", "another one far longer than the context"]
+    train(p, texts, seed=0, out=tmp_path / "m", notice=said.append)
+    assert said == ["  truncated: 2 of 3 training documents cut to n_positions - 1 = 15 tokens (by up to 25); "
+                    "the model never sees their ends"]
