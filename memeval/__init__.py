@@ -11,3 +11,14 @@ except PackageNotFoundError:  # running from a source tree that is not installed
 
 hookimpl = pluggy.HookimplMarker("memeval")
 """Marker for hook implementations: `@memeval.hookimpl def memeval_register(registry): ...`."""
+
+
+def __getattr__(name: str) -> object:
+    """`from memeval import Method` works as `from memeval.api import Method` (the public surface),
+    imported on first use, so `import memeval` stays light (the pytest plugin loads no torch)."""
+    import importlib
+
+    api = importlib.import_module("memeval.api")
+    if name in api.__all__:
+        return getattr(api, name)
+    raise AttributeError(f"module 'memeval' has no attribute {name!r}")

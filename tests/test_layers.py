@@ -63,3 +63,15 @@ def test_public_api_names_all_resolve():
     missing = [name for name in api.__all__ if not hasattr(api, name)]
     assert missing == []
     assert {"Method", "Context", "MetricSpec", "Params", "Records", "Sensitive", "hookimpl"} <= set(api.__all__)
+
+
+def test_the_public_api_is_reachable_from_the_package_and_import_memeval_stays_light():
+    code = ("import sys, memeval; assert 'torch' not in sys.modules; "
+            "from memeval import Method, Context, Records, Sensitive, mean_metric; "
+            "from memeval.api import Method as M; assert Method is M; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        import memeval
+
+        memeval.Nope  # noqa: B018
