@@ -55,9 +55,11 @@ from memeval.train.noise import DIGIT_FLIPS, NoisyLabels, apply_noise
 from memeval.train.sources import ClassificationData, DigitsSource, SourceParams, load_source
 from memeval.train.trainers import (
     BUILTIN_TRAINERS,
+    EpochState,
     OptimizerParams,
     TrainData,
     Trainer,
+    TrainerCallback,
     TrainingLog,
     TrainJob,
     TrainResult,
@@ -178,7 +180,7 @@ def build_classifier(params: ClassifierParams, cache_dir: Path, seed: int,
             f"{len(data.y_train)} examples)")
         work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
         try:
-            train_into(work, params, trainer, data, seed, key)
+            train_into(work, params, trainer, data, seed, key, progress=EpochProgress(params.optimizer.epochs, log))
             if final.exists():  # a stale, incomplete directory (no summary.json)
                 shutil.rmtree(final)
             work.rename(final)
@@ -213,11 +215,28 @@ def run_training(params: ClassifierParams, trainer: Trainer, data: Classificatio
         return trainer.train(job)
 
 
+class EpochProgress(TrainerCallback):
+    """Logs about ten lines over a training run: epoch, mean training loss (against the noisy
+    labels), seconds. It only observes, so training is the same with or without it."""
+
+    def __init__(self, epochs: int, log: Callable[[str], None]):
+        self.epochs, self.log = epochs, log
+        self.every = max(1, -(-epochs // 10))
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, state: EpochState) -> None:
+        if state.epoch % self.every and state.epoch != self.epochs:
+            return
+        loss = float(np.nanmean(state.log.loss[state.epoch - 1]))
+        self.log(f"  epoch {state.epoch}/{self.epochs}: training loss {loss:.4f} "
+                 f"({time.perf_counter() - self.started:.1f} s so far)")
+
+
 def train_into(out: Path, params: ClassifierParams, trainer: Trainer, data: ClassificationData, seed: int,
-               key: str) -> None:
+               key: str, progress: TrainerCallback | None = None) -> None:
     noisy = make_noise(params, data, seed)
     started = time.perf_counter()
-    result = run_training(params, trainer, data, noisy, seed)
+    result = run_training(params, trainer, data, noisy, seed, callbacks=(progress,) if progress else ())
     seconds = time.perf_counter() - started
     torch.save({k: v.state_dict() for k, v in result.networks.items()}, out / "weights.pt")
     (out / "checkpoints").mkdir()

@@ -146,3 +146,16 @@ def test_adapter_trains_once_and_exposes_the_model(tmp_path):
 def test_adapter_with_cache_only_refuses_to_train(tmp_path):
     with pytest.raises(CacheMiss, match="trained classifier"):
         Classifier(tiny(), context(tmp_path, mode="only"))
+
+
+def test_training_reports_its_progress_and_the_report_changes_nothing(tmp_path):
+    from memeval.train.classifier import TrainedClassifier
+
+    said: list[str] = []
+    loud = build_classifier(tiny(), tmp_path / "a", seed=0, log=said.append)
+    quiet = build_classifier(tiny(), tmp_path / "b", seed=0)
+    progress = [line for line in said if "epoch" in line and "training loss" in line]
+    assert [line.split(":")[0].strip() for line in progress] == [f"epoch {e}/6" for e in range(1, 7)]
+    loss = TrainedClassifier(loud.directory).log.loss
+    assert progress[-1].startswith(f"  epoch 6/6: training loss {float(np.nanmean(loss[-1])):.4f}")
+    assert (loud.directory / "weights.pt").read_bytes() == (quiet.directory / "weights.pt").read_bytes()
