@@ -256,11 +256,22 @@ MERGE_TAG = "tag:yaml.org,2002:merge"
 MAX_DEPTH = 64
 
 
+MAX_NODES = 100_000  # after aliases are expanded: a suite is far smaller, an alias bomb far larger
+STANDARD_TAGS = frozenset(f"tag:yaml.org,2002:{kind}" for kind in
+                          ("map", "seq", "str", "int", "float", "bool", "null", "timestamp", "binary", "merge"))
+
+
 def _construct(node: yaml.Node, loc: Loc, lines: dict[Loc, int], file: str) -> Any:
+    line = node.start_mark.line + 1
     if len(loc) > MAX_DEPTH:
-        raise UsageError("YAML nested too deeply (an alias that contains itself?)", file=file,
-                         line=node.start_mark.line + 1)
-    lines.setdefault(loc, node.start_mark.line + 1)
+        raise UsageError("YAML nested too deeply (an alias that contains itself?)", file=file, line=line)
+    if len(lines) > MAX_NODES:
+        raise UsageError(f"YAML expands to more than {MAX_NODES} values once its aliases are followed (an alias "
+                         f"bomb?); write the suite out without nested aliases", file=file, line=line)
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in STANDARD_TAGS:
+        raise UsageError(f"YAML tag {node.tag!r} is not allowed: a suite is plain YAML (maps, lists, strings, "
+                         f"numbers, booleans, null)", file=file, line=line, field=format_path(loc) or None)
+    lines.setdefault(loc, line)
     if isinstance(node, yaml.MappingNode):
         _reject_duplicate_keys(node, loc, file)
         try:

@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 
+from memeval.errors import UsageError
 from memeval.suite import load_suite
 
 GOOD = """\
@@ -185,3 +186,37 @@ def test_a_blocked_reporter_the_suite_asks_for_is_a_usage_error(tmp_path, run_cl
     assert run_cli("validate", path)[0] == 0
     code, _, err = run_cli("validate", path, "-p", "no:html")
     assert code == 4 and f"{path}:4" in err and "no reporter 'html' is installed" in err
+
+
+def test_an_alias_bomb_is_a_usage_error_in_bounded_time_and_memory(tmp_path):
+    """Billion laughs: nine levels of nine aliases would expand to 9^9 strings."""
+    import subprocess
+    import sys
+
+    levels = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for prev, name in zip("abcdefgh", "bcdefghi", strict=True):
+        levels.append(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9)}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("memeval: 1\nsuite: bomb\n" + "\n".join(levels) + "\nevaluations: []\n")
+    # Peak memory from VmHWM: ru_maxrss would carry over the forked pytest process's across exec.
+    code = ("import re, time, sys\n"
+            "from memeval.suite import load_suite\nfrom memeval.errors import UsageError\n"
+            "start = time.perf_counter()\n"
+            "try:\n    load_suite(sys.argv[1])\nexcept UsageError as exc:\n    print(exc)\n"
+            "peak = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1)\n"
+            "print(time.perf_counter() - start, peak)\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(bomb)], capture_output=True, text=True, timeout=60)
+    message, numbers = proc.stdout.strip().splitlines()
+    seconds, peak_kb = map(float, numbers.split())
+    assert f"{bomb}:3: YAML expands to more than 100000 values" in message
+    assert seconds < 1.0 and peak_kb < 200 * 1024
+
+
+@pytest.mark.parametrize("tagged", ["gates: !!python/object/apply:os.system [echo]", "gates: !custom [1]",
+                                    "params: !!omap [{a: 1}]"])
+def test_a_tag_on_a_list_or_map_is_rejected_with_its_line(tmp_path, tagged):
+    path = tmp_path / "tagged.yaml"
+    path.write_text(f"memeval: 1\nsuite: x\nevaluations:\n  - id: a\n    method: lm.loss\n    {tagged}\n")
+    with pytest.raises(UsageError) as caught:
+        load_suite(path)
+    assert str(caught.value).startswith(f"{path}:6: evaluations[0].") and "is not allowed" in str(caught.value)
