@@ -180,18 +180,18 @@ def cmd_report(config: Config) -> ExitCode:
     run = where.load()
     asked = ReportSpec.model_validate(run.config.get("suite", {}).get("report", {}))
     formats = options.formats or [*(f for f in asked.formats if f != "json"), "html"]
+    reporters = {}
     for name in formats:
         try:
-            file_reporter(config.registry, name)
+            reporters[name] = file_reporter(config.registry, name)
         except UnknownName as exc:
             raise UsageError(f"--format {name}: {exc}") from None
     redact = asked.redact if options.redact is None else options.redact
     out_dir = Path(options.out) if options.out else where.directory
     out_dir.mkdir(parents=True, exist_ok=True)
     report = ReportContext(run, where, redact, config.hook, config.registry, out_dir)
-    for name in dict.fromkeys(formats):
-        path = file_reporter(config.registry, name)().write(report)
-        print(f"{name}: {path}")
+    for name, reporter in reporters.items():
+        print(f"{name}: {reporter().write(report)}")
     return ExitCode.OK
 
 

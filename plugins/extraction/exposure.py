@@ -131,6 +131,7 @@ class SecretSpace:
     def __init__(self, positions: list[str]):
         self.positions = positions
         self.size = math.prod(len(p) for p in positions)
+        self.one_alphabet = len(set(positions)) == 1
 
     @classmethod
     def of(cls, params: ExposureParams, secret: str) -> SecretSpace:
@@ -158,7 +159,7 @@ class SecretSpace:
 
     def draw(self, rng: np.random.Generator) -> str:
         """A candidate drawn uniformly (each position independently)."""
-        if len(set(self.positions)) == 1:  # one alphabet: the draw runs without a format did, kept
+        if self.one_alphabet:  # the draw runs without a format always made, kept
             return "".join(rng.choice(list(self.positions[0]), size=len(self.positions)))
         picks = rng.integers(0, [len(allowed) for allowed in self.positions])
         return "".join(allowed[i] for allowed, i in zip(self.positions, picks, strict=True))
