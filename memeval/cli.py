@@ -13,9 +13,10 @@ from typing import Any
 
 from memeval import __version__
 from memeval.config import Config
-from memeval.errors import ExitCode, UsageError
+from memeval.errors import ExitCode, UsageError, most_severe
+from memeval.files import environment_problem, write_text
 from memeval.options import CACHE_MODES, model_override, positive_int, seed
-from memeval.plugins import build_registry, make_plugin_manager
+from memeval.plugins import build_registry, call_each, make_plugin_manager
 from memeval.registry import UnknownName
 from memeval.results import run_directories
 from memeval.suite import SuiteErrors
@@ -121,15 +122,13 @@ def cmd_run(config: Config) -> ExitCode:
     options = config.options
     codes, summaries = [], []
     for path, out_dir in zip(options.suites, run_directories(options.suites, options.out), strict=True):
-        if out_dir.exists() and not out_dir.is_dir():
-            raise UsageError(f"--out {out_dir}: exists and is not a directory")
         codes.append(run_suite(config, path, out_dir))
         if options.json:
             summaries.append(run_summary(out_dir))
         if codes[-1] == ExitCode.INTERRUPTED:
             break
     ran = [c for c in codes if c != ExitCode.NO_EVALUATIONS]  # like pytest: 5 only if nothing ran at all
-    code = max(ran, key=_severity) if ran else ExitCode.NO_EVALUATIONS
+    code = most_severe(*ran) if ran else ExitCode.NO_EVALUATIONS
     if options.json:
         print(json.dumps({"exit_code": int(code), "runs": summaries}, indent=2))
     return code
@@ -147,11 +146,6 @@ def run_summary(out_dir: Path) -> dict[str, Any]:
                              "gates": [{"metric": g.metric, "rule": g.rule, "passed": g.passed, "errored": g.errored,
                                         "value": g.value, "message": g.message} for g in e.gates],
                              "warnings": e.warnings, "error": e.error} for e in run.evaluations]}
-
-
-def _severity(code: ExitCode) -> int:
-    return [ExitCode.OK, ExitCode.NO_EVALUATIONS, ExitCode.GATES_FAILED, ExitCode.INTERNAL_ERROR,
-            ExitCode.INTERRUPTED, ExitCode.USAGE_ERROR].index(code)
 
 
 def cmd_validate(config: Config) -> ExitCode:
@@ -226,7 +220,7 @@ def cmd_list(config: Config) -> ExitCode:
     if options.markdown:
         text = render(info)
         if options.output:
-            Path(options.output).write_text(text, encoding="utf-8")
+            write_text(Path(options.output), text)
         else:
             print(text, end="")
     elif options.json:
@@ -242,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     config: Config | None = None
     previous_sigterm = signal.signal(signal.SIGTERM, _interrupt)
+    code = ExitCode.INTERNAL_ERROR
     try:
+        check_suites_first(argv)
         pm = make_plugin_manager(_plugin_args(argv))
         parser = build_parser(pm)
         options = parser.parse_args(argv)
@@ -251,26 +247,60 @@ def main(argv: list[str] | None = None) -> int:
             return ExitCode.USAGE_ERROR
         config = Config(options=options, pluginmanager=pm, registry=build_registry(pm))
         pm.hook.memeval_configure(config=config)
-        return int(options.func(config))
+        code = ExitCode(int(options.func(config)))
     except SystemExit as exc:  # argparse: --help is 0, a bad option is 2 -> usage error 4
-        return ExitCode.OK if exc.code in (0, None) else ExitCode.USAGE_ERROR
+        code = ExitCode.OK if exc.code in (0, None) else ExitCode.USAGE_ERROR
     except (UsageError, SuiteErrors) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
-        return ExitCode.USAGE_ERROR
+        code = ExitCode.USAGE_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+        code = ExitCode.INTERRUPTED
     except BrokenPipeError:  # `memeval list | head`: the reader left; that is not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - keeps Python's exit flush quiet
-        return ExitCode.OK
+        code = ExitCode.OK
+    except OSError as exc:
+        code = _os_error(exc)
     except Exception:
         traceback.print_exc()
         print("INTERNAL ERROR: the traceback above is a memeval or plugin bug", file=sys.stderr)
-        return ExitCode.INTERNAL_ERROR
+        code = ExitCode.INTERNAL_ERROR
     finally:
         signal.signal(signal.SIGTERM, previous_sigterm)
-        if config is not None:
-            config.pluginmanager.hook.memeval_unconfigure(config=config)
+    if config is not None:
+        code = most_severe(code, _unconfigure(config))
+    return int(code)
+
+
+def check_suites_first(argv: list[str]) -> None:
+    """`run` and `validate` read their suite files before any plugin is imported (plugins import
+    torch): a broken or hostile suite fails in a fraction of a second and a few MB."""
+    if not argv or argv[0] not in ("run", "validate"):
+        return
+    from memeval.suite import load_suite
+
+    for arg in argv[1:]:
+        if arg.endswith((".yaml", ".yml")) and Path(arg).is_file():
+            load_suite(arg)
+
+
+def _unconfigure(config: Config) -> ExitCode:
+    """A plugin's `memeval_unconfigure` that raises is a plugin bug: exit 3, the others still run."""
+    failed = call_each(config.pluginmanager.hook.memeval_unconfigure, config=config)
+    for name, exc in failed:
+        print(f"INTERNAL ERROR: memeval_unconfigure of plugin {name!r} raised {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+    return ExitCode.INTERNAL_ERROR if failed else ExitCode.OK
+
+
+def _os_error(exc: OSError) -> ExitCode:
+    problem = environment_problem(exc)
+    if problem is not None:
+        print(f"ERROR: {problem}", file=sys.stderr)
+        return ExitCode.USAGE_ERROR
+    traceback.print_exc()
+    print("INTERNAL ERROR: the traceback above is a memeval or plugin bug", file=sys.stderr)
+    return ExitCode.INTERNAL_ERROR
 
 
 def _interrupt(signum: int, frame: Any) -> None:

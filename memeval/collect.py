@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from memeval.data import FILE_BUILDERS, data_files
+from memeval.data import FILE_BUILDERS, data_files, no_data_files
 from memeval.errors import UsageError, did_you_mean
 from memeval.matrix import SEED, combinations, value_text, variant_id, with_path
 from memeval.method import Method
@@ -230,7 +230,7 @@ def _check_datasets(c: Collector) -> None:
         if c.lookup("loader", spec.loader, (*loc, "loader")) is None:
             continue
         if spec.loader in FILE_BUILDERS and not data_files(spec, c.suite):
-            c.fail((*loc, "path"), f"data file {str(c.suite.resolve_path(spec.path))!r} does not exist")
+            c.fail((*loc, "path"), no_data_files(spec, c.suite))
 
 
 def _check_evaluation(c: Collector, spec: EvaluationSpec, loc: tuple[Any, ...],

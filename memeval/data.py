@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,23 @@ def data_files(spec: DatasetSpec, suite: SuiteFile) -> list[Path]:
     return [path] if path.is_file() else []
 
 
+def no_data_files(spec: DatasetSpec, suite: SuiteFile) -> str:
+    """Why a path gives no data files: what is there instead (a pipe, a device, an empty directory)."""
+    path = suite.resolve_path(spec.path)
+    shown = repr(str(path))
+    if any(ch in spec.path for ch in "*?["):
+        return f"the pattern {shown} matches no regular file"
+    if not path.exists():
+        return f"data file {shown} does not exist"
+    if path.is_dir():
+        return (f"data directory {shown} is empty" if not any(path.iterdir())
+                else f"data directory {shown} holds no regular, non-hidden file")
+    mode = path.stat().st_mode
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+    return f"data file {shown} is {kind}, not a regular file; memeval reads data only from regular files"
+
+
 def file_loader(builder: str) -> Loader:
     def load(spec: DatasetSpec, suite: SuiteFile) -> Any:
         import datasets
@@ -49,10 +67,40 @@ def file_loader(builder: str) -> Loader:
             return datasets.load_dataset(builder, data_files={spec.split: [str(f) for f in files]},
                                          split=spec.split)
         except Exception as exc:  # datasets raises many kinds; all mean the file is unreadable
+            found = diagnose(files, builder)
+            if found is not None:
+                raise found from None
             raise UsageError(f"cannot read {builder} data {[str(f) for f in files]}: {exc or repr(exc)}") from None
 
     load.__doc__ = f"local {builder} files through datasets.load_dataset({builder!r})"
     return load
+
+
+def diagnose(files: list[Path], builder: str) -> UsageError | None:
+    """The first thing wrong in data files that a loader refused (or that decoded badly): bytes that
+    are not UTF-8 (file, line, byte offset) or, for JSON lines, a line that is not JSON (file, line)."""
+    for path in files:
+        offset = 0
+        with open(path, "rb") as handle:
+            for number, line in enumerate(handle, 1):
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    return UsageError(f"byte {offset + exc.start} (0x{line[exc.start]:02x}) is not UTF-8; data "
+                                      f"files must be UTF-8 text", file=str(path), line=number)
+                if builder == "json" and text.strip() and not _is_json(text):
+                    return UsageError("this line is not JSON (JSON lines data holds one JSON object a line)",
+                                      file=str(path), line=number)
+                offset += len(line)
+    return None
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
 
 
 def hub_loader(spec: DatasetSpec, suite: SuiteFile) -> Any:
@@ -89,6 +137,9 @@ def rows_to_samples(rows: Any, spec: DatasetSpec, suite: SuiteFile, name: str, s
         samples = [_sample(row, index, spec) for index, row in enumerate(rows)]
     except UsageError as exc:
         raise suite.error(("datasets", name), exc.message) from None
+    except UnicodeDecodeError:  # Arrow keeps undecodable bytes until a row is read
+        found = diagnose(data_files(spec, suite), FILE_BUILDERS.get(spec.loader, "")) if spec.loader in FILE_BUILDERS else None
+        raise found or suite.error(("datasets", name), "the data holds text that is not UTF-8") from None
     if not samples:
         raise suite.error(("datasets", name), "the dataset is empty (0 rows)")
     return samples
@@ -121,7 +172,10 @@ def stream_texts(rows: Any, spec: DatasetSpec) -> Iterator[str]:
     """The text of each row, one at a time (rows stay in the memory-mapped Arrow table)."""
     count = len(rows) if spec.limit is None else min(spec.limit, len(rows))
     for index in range(count):
-        row = rows[index]
+        try:
+            row = rows[index]
+        except UnicodeDecodeError:
+            raise UsageError(f"row {index} holds text that is not UTF-8") from None
         if spec.text_field is not None:
             text = row[spec.text_field]
         elif spec.prefix_field is not None:

@@ -19,6 +19,15 @@ class ExitCode(IntEnum):
     NO_EVALUATIONS = 5
 
 
+# From least to most severe: several outcomes (suites, hooks) exit with the most severe one.
+SEVERITY = [ExitCode.OK, ExitCode.NO_EVALUATIONS, ExitCode.GATES_FAILED, ExitCode.INTERNAL_ERROR,
+            ExitCode.INTERRUPTED, ExitCode.USAGE_ERROR]
+
+
+def most_severe(*codes: ExitCode) -> ExitCode:
+    return max(codes, key=SEVERITY.index)
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     close = difflib.get_close_matches(str(word), sorted(set(choices)), n=1, cutoff=0.6)
@@ -53,9 +62,22 @@ class UsageError(Exception):
         return f"{where}{field}{self.message}"
 
 
+class EnvironmentProblem(UsageError):
+    """The machine refused: a read-only or full disk, a corrupt cache, a path that is not a file.
+    The message names the path and what to do. Exit code 4, like any usage error."""
+
+
 class CacheMiss(UsageError):
     """`--cache only` asked for an output the cache does not hold."""
 
 
 class RegistryError(Exception):
     """A plugin registered something twice or malformed: a plugin bug, not a user error (exit 3)."""
+
+
+class Failures(Exception):
+    """Several independent parts failed (reporters of one run): each (name, exception), all reported."""
+
+    def __init__(self, failures: list[tuple[str, BaseException]]):
+        self.failures = failures
+        super().__init__("; ".join(f"{name}: {type(exc).__name__}: {exc}" for name, exc in failures))

@@ -7,15 +7,18 @@ Versioned like Inspect's eval logs: bump RUN_SCHEMA_VERSION on any change a read
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import heapq
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from memeval.errors import UsageError
+from memeval.files import write_text
 
 RUN_SCHEMA_VERSION = 1
 
@@ -90,6 +93,7 @@ class RunResult:
     status: str = "running"  # running | completed | interrupted | error
     exit_code: int | None = None
     error: str | None = None  # what stopped the run, when it did not complete
+    failures: list[str] = field(default_factory=list)  # plugin hooks and reporters that raised (exit 3)
     started_at: str | None = None
     finished_at: str | None = None
     seconds: float = 0.0
@@ -115,7 +119,7 @@ class RunResult:
         errors = sum(e.status == "error" for e in self.evaluations)
         if self.status == "interrupted":
             label = "INTERRUPTED"
-        elif self.status == "error" or errors:
+        elif self.status == "error" or errors or self.failures:
             label = "ERROR"
         elif failed:
             label = "FAILED"
@@ -127,9 +131,7 @@ class RunResult:
                 "errored": errored, "passed": len(gates) - failed - errored, "errored_evaluations": errors}
 
     def write(self, path: Path) -> None:
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        tmp.replace(path)
+        write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=False) + "\n")
 
 
 def _known(cls: type, data: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +152,9 @@ def _finite(obj: Any) -> Any:
 
 RUN_JSON = "run.json"
 RECORDS_DIR = "records"
+MAX_NAME = 200  # characters of a records file's stem: well under the 255 bytes of common file systems
+SAFE_NAME = re.compile(r"[A-Za-z0-9_.,=\[\]-]+")
+UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.,=\[\]-]")
 
 
 class Records:
@@ -197,8 +202,14 @@ class RunDir:
 
     @staticmethod
     def records_ref(evaluation_id: str) -> str:
-        """The records file of an evaluation, relative to the run directory (`records_path`)."""
-        return f"{RECORDS_DIR}/{evaluation_id}.jsonl"
+        """The records file of an evaluation, relative to the run directory (`records_path`): its
+        id, or for an id no file system takes as a name (a matrix cell's values may hold any
+        character and length) a safe, shortened form made unique by a hash of the id."""
+        name = evaluation_id
+        if not SAFE_NAME.fullmatch(name) or len(name) > MAX_NAME:
+            digest = hashlib.sha256(evaluation_id.encode()).hexdigest()[:12]
+            name = f"{UNSAFE_CHARS.sub('_', name)[:MAX_NAME - 13]}-{digest}"
+        return f"{RECORDS_DIR}/{name}.jsonl"
 
     def records(self, evaluation: EvaluationResult) -> Records:
         return Records(self.directory / evaluation.records_path if evaluation.records_path else None)

@@ -27,11 +27,13 @@ from memeval.collect import Item, apply_baseline_override, apply_model_overrides
 from memeval.compare import SavedRun, compare_runs, comparison_record
 from memeval.config import Config
 from memeval.data import rows_to_samples, stream_texts
-from memeval.errors import ExitCode, UsageError
+from memeval.errors import EnvironmentProblem, ExitCode, Failures, UsageError, most_severe
+from memeval.files import atomic_writer, environment_problem, locked, remove_partials
 from memeval.gates import judge, not_judged
 from memeval.matrix import aggregate_over_seeds
 from memeval.models.base import AdapterContext, CachedCausalLM, CausalLM, ModelAdapter
-from memeval.results import EvaluationResult, Metric, RunDir, RunResult
+from memeval.plugins import call_each
+from memeval.results import RECORDS_DIR, EvaluationResult, Metric, RunDir, RunResult
 from memeval.sample import Sample
 from memeval.selection import compile_expression
 from memeval.stash import Stash
@@ -295,11 +297,27 @@ def run_suite(config: Config, path: str, out_dir: Path) -> ExitCode:
     """Run one suite into `out_dir`; returns the exit code (pytest's meanings)."""
     suite, items = load_and_collect(config, path)
     items = select(items, getattr(config.options, "keyword", None))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    session = Session(config, suite, out_dir)
-    config.hook.memeval_collection_modifyitems(session=session, items=items)
-    session.items = items
-    result = session.result
+    make_run_dir(out_dir)
+    with locked(out_dir, blocking=False) as mine:
+        if not mine:
+            raise EnvironmentProblem(f"run directory {str(out_dir)!r} is in use by another memeval run; wait for it "
+                                     f"to finish or choose another --out")
+        remove_partials(out_dir)
+        remove_partials(out_dir / RECORDS_DIR)
+        return _run_session(Session(config, suite, out_dir), items)
+
+
+def make_run_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise EnvironmentProblem(f"--out {str(out_dir)!r} exists and is not a directory; choose another --out")
+    try:
+        (out_dir / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise environment_problem(exc, "run directory") or exc from None
+
+
+def _run_session(session: Session, items: list[Item]) -> ExitCode:
+    config, suite, result = session.config, session.suite, session.result
     result.suite = {"name": suite.spec.suite, "path": str(suite.path), "description": suite.spec.description,
                     "seed": session.seed}
     result.config = {"suite": suite.spec.model_dump(mode="json", by_alias=True), "options": _options(config),
@@ -310,10 +328,13 @@ def run_suite(config: Config, path: str, out_dir: Path) -> ExitCode:
     exit_code = ExitCode.NO_EVALUATIONS if not items else ExitCode.OK
     failure: BaseException | None = None
     try:
+        config.hook.memeval_collection_modifyitems(session=session, items=items)
+        session.items = items
         for item in items:
             session.current = item
             result.evaluations.append(run_item(session, item))
-        exit_code = _exit_code(result.evaluations) if items else ExitCode.NO_EVALUATIONS
+        session.current = None
+        exit_code = _exit_code(result) if items else ExitCode.NO_EVALUATIONS
         result.aggregates = aggregate_over_seeds(result.evaluations)
         result.status = "completed"
         if getattr(config.options, "baseline", None) is not None:
@@ -323,18 +344,56 @@ def run_suite(config: Config, path: str, out_dir: Path) -> ExitCode:
     except (UsageError, SuiteErrors) as exc:
         result.status, exit_code, failure = "error", ExitCode.USAGE_ERROR, exc
         result.error = _where(session, str(exc))
-    except Exception as exc:  # a bug outside any one evaluation (a plugin hook, a reporter)
+    except OSError as exc:
+        problem = environment_problem(exc)
+        result.status, failure = "error", problem or exc
+        exit_code = ExitCode.USAGE_ERROR if problem else ExitCode.INTERNAL_ERROR
+        result.error = _where(session, str(problem) if problem else "".join(traceback.format_exception(exc)))
+    except Exception as exc:  # a bug outside any one evaluation (a plugin hook)
         result.status, exit_code, failure = "error", ExitCode.INTERNAL_ERROR, exc
         result.error = _where(session, "".join(traceback.format_exception(exc)))
     finally:
         result.finished_at = now()
         result.seconds = round(time.perf_counter() - started, 3)
-        result.exit_code = int(exit_code)
-        config.hook.memeval_sessionfinish(session=session, result=result, exitstatus=int(exit_code))
+        exit_code = _finish(session, result, exit_code)
         session.close()
-    if failure is not None:
+    if failure is not None:  # the first error is the one to show; later failures are in run.json
         raise failure
     return exit_code
+
+
+def _finish(session: Session, result: RunResult, exit_code: ExitCode) -> ExitCode:
+    """Every `memeval_sessionfinish` runs, each on its own. A failing one (a reporter) is recorded in
+    run.json and decides the exit code with the run's (4 when the machine refused, e.g. a full disk;
+    3 for a bug), so run.json never says a run ended other than it did."""
+    result.exit_code = int(exit_code)
+    failed = call_each(session.config.hook.memeval_sessionfinish, session=session, result=result,
+                       exitstatus=int(exit_code))
+    if not failed and not result.failures:
+        return exit_code
+    codes = [ExitCode.INTERNAL_ERROR] if result.failures else []
+    for plugin, exc in failed:
+        for name, error in exc.failures if isinstance(exc, Failures) else [(f"plugin {plugin!r}", exc)]:
+            message, code = _failure(error)
+            result.failures.append(f"memeval_sessionfinish, {name}: {message}")
+            codes.append(code)
+    exit_code = most_severe(exit_code, *codes)
+    result.exit_code = int(exit_code)
+    for line in result.failures:
+        print(f"ERROR: {line}", file=sys.stderr)
+    try:
+        result.write(session.run_dir.run_json)
+    except OSError as exc:
+        print(f"ERROR: {environment_problem(exc, 'run.json') or exc}", file=sys.stderr)
+    return exit_code
+
+
+def _failure(exc: BaseException) -> tuple[str, ExitCode]:
+    """A hook's failure as one line, and its exit code: 4 for the user's or the machine's, else 3."""
+    problem = environment_problem(exc) if isinstance(exc, OSError) else None
+    if problem is not None or isinstance(exc, UsageError):
+        return str(problem or exc), ExitCode.USAGE_ERROR
+    return f"{type(exc).__name__}: {exc}", ExitCode.INTERNAL_ERROR
 
 
 def _where(session: Session, message: str) -> str:
@@ -345,45 +404,61 @@ def _where(session: Session, message: str) -> str:
 def run_item(session: Session, item: Item) -> EvaluationResult:
     hook = session.config.hook
     hook.memeval_evaluation_start(item=item)
-    records_path = session.run_dir.records_file(item.id)
-    records_path.parent.mkdir(exist_ok=True)
     started, started_at = time.perf_counter(), now()
-    with open(records_path, "w", encoding="utf-8") as records:
+    corrupted = session.cache.corrupted
+    with atomic_writer(session.run_dir.records_file(item.id)) as records:
         context = EvaluationContext(session=session, item=item, _records=records)
-        try:
-            model = context.model
-            before = model.counter.snapshot() if isinstance(model, CachedCausalLM) else None
-            setup_seconds = time.perf_counter() - started
-            result = hook.memeval_run_evaluation(item=item, context=context)
-            if result is None:
-                raise UsageError(f"no executor plugin ran evaluation {item.id!r} (is the 'local' plugin blocked?)")
-            result.setup_seconds = round(setup_seconds, 3)
-            _check_metrics(item, result.metrics)
-            if before is not None:
-                after = model.counter.snapshot()
-                result.model_calls = {k: after[k] - before[k] for k in after}
-            result.gates = [judge(gate, result, session.suite) for gate in item.spec.gates]
-            context.warnings += [v.note for v in result.gates if v.note]
-            result.status = "passed" if all(v.passed for v in result.gates) else "failed"
-        except UsageError as exc:
-            if exc.file is None and item.spec.model:  # e.g. a tokenizer that failed to load lazily
-                raise session.suite.error(("evaluations", item.index), exc.message) from None
-            raise
-        except (SuiteErrors, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            result = EvaluationResult(id=item.id, method=item.method_cls.name, model=item.spec.model,
-                                      dataset=item.spec.dataset, params=item.params.model_dump(mode="json"),
-                                      status="error", error="".join(traceback.format_exception(exc)))
-            result.n_samples = context.n_records
-            result.gates = [not_judged(gate, f"not judged: evaluation {item.id!r} errored") for gate in item.spec.gates]
+        result = _evaluate(session, item, context)
+    if session.cache.corrupted > corrupted:
+        context.warn(f"output cache: {session.cache.corrupted - corrupted} stored outputs failed their checksum "
+                     f"and were recomputed (never used) and replaced")
     result.records_path = session.run_dir.records_ref(item.id)
     result.base_id, result.matrix = item.base_id, item.matrix
     result.warnings = context.warnings
     result.truncated = context.n_truncated
     result.artifacts = context.artifacts
     result.started_at, result.seconds = started_at, round(time.perf_counter() - started, 3)
-    hook.memeval_evaluation_finish(item=item, result=result)
+    for name, exc in call_each(hook.memeval_evaluation_finish, item=item, result=result):
+        session.result.failures.append(f"memeval_evaluation_finish of plugin {name!r} for evaluation {item.id!r}: "
+                                       f"{_failure(exc)[0]}")
+    return result
+
+
+def _evaluate(session: Session, item: Item, context: EvaluationContext) -> EvaluationResult:
+    """One evaluation: its executor, metrics and gates. A bug in the method or its plugin makes an
+    errored result; a usage or environment error ends the run."""
+    hook = session.config.hook
+    started = time.perf_counter()
+    try:
+        model = context.model
+        before = model.counter.snapshot() if isinstance(model, CachedCausalLM) else None
+        setup_seconds = time.perf_counter() - started
+        result = hook.memeval_run_evaluation(item=item, context=context)
+        if result is None:
+            raise UsageError(f"no executor plugin ran evaluation {item.id!r} (is the 'local' plugin blocked?)")
+        result.setup_seconds = round(setup_seconds, 3)
+        _check_metrics(item, result.metrics)
+        if before is not None:
+            after = model.counter.snapshot()
+            result.model_calls = {k: after[k] - before[k] for k in after}
+        result.gates = [judge(gate, result, session.suite) for gate in item.spec.gates]
+        context.warnings += [v.note for v in result.gates if v.note]
+        result.status = "passed" if all(v.passed for v in result.gates) else "failed"
+    except UsageError as exc:
+        if exc.file is None and item.spec.model and not isinstance(exc, EnvironmentProblem):
+            raise session.suite.error(("evaluations", item.index), exc.message) from None
+        raise
+    except (SuiteErrors, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        problem = environment_problem(exc) if isinstance(exc, OSError) else None
+        if problem is not None:
+            raise problem from None
+        result = EvaluationResult(id=item.id, method=item.method_cls.name, model=item.spec.model,
+                                  dataset=item.spec.dataset, params=item.params.model_dump(mode="json"),
+                                  status="error", error="".join(traceback.format_exception(exc)))
+        result.n_samples = context.n_records
+        result.gates = [not_judged(gate, f"not judged: evaluation {item.id!r} errored") for gate in item.spec.gates]
     return result
 
 
@@ -397,8 +472,9 @@ def _check_metrics(item: Item, metrics: list[Metric]) -> None:
         metric.description = declared[metric.name].description
 
 
-def _exit_code(results: list[EvaluationResult]) -> ExitCode:
-    if any(r.status == "error" for r in results):
+def _exit_code(run: RunResult) -> ExitCode:
+    results = run.evaluations
+    if any(r.status == "error" for r in results) or run.failures:
         return ExitCode.INTERNAL_ERROR
     if any(r.status == "failed" for r in results):
         return ExitCode.GATES_FAILED

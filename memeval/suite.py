@@ -85,6 +85,7 @@ def check_matrix(matrix: dict[str, Any]) -> dict[str, list[Any]]:
 
 
 EVALUATION_MATRIX_KEYS = ("seed", "model", "dataset")  # and params.<path>
+MAX_ID_LENGTH = 128  # file systems allow 255 bytes a name; matrix cells append their values
 
 
 class EvaluationSpec(Strict):
@@ -113,6 +114,9 @@ class EvaluationSpec(Strict):
     def _id_is_a_file_name(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
             raise ValueError("expected letters, digits, '_', '.' and '-' (it names records/<id>.jsonl)")
+        if len(value) > MAX_ID_LENGTH:
+            raise ValueError(f"expected at most {MAX_ID_LENGTH} characters, got {len(value)} "
+                             f"(it names records/<id>.jsonl)")
         return value
 
 

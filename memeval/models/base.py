@@ -59,9 +59,15 @@ class ModelAdapter:
         recipe trained); not part of any cache key."""
         return {}
 
+    def cache_identity(self) -> dict[str, Any]:
+        """The part of the identity that keys cached outputs: nothing tied to one machine (a local
+        model is known by its files' hashes, not where they lie), so a cache restored under another
+        directory or on another machine still replays."""
+        return self.identity()
+
     @property
     def identity_key(self) -> str:
-        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:24]
+        return hashlib.sha256(json.dumps(self.cache_identity(), sort_keys=True).encode()).hexdigest()[:24]
 
 
 @dataclass

@@ -49,6 +49,11 @@ def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
     return [items[i:i + size] for i in range(0, len(items), size)]
 
 
+# No tokenizer we know makes a token of more characters than this: a text cut to context * this
+# characters still fills the context.
+MAX_CHARS_PER_TOKEN = 64
+
+
 class HFCausal(CausalLM):
     name = "hf-causal"
     summary = "Hugging Face causal LM (transformers AutoModelForCausalLM), local or from the hub"
@@ -98,6 +103,10 @@ class HFCausal(CausalLM):
                 ident["gguf_file"] = p.gguf_file
             self._identity = ident
         return self._identity
+
+    def cache_identity(self) -> dict[str, Any]:
+        ident = self.identity()
+        return {k: v for k, v in ident.items() if k != "path"} if "files_sha256" in ident else ident
 
     def _files_digest(self) -> dict[str, str]:
         root = Path(self.location)
@@ -201,8 +210,20 @@ class HFCausal(CausalLM):
     # -- capabilities -----------------------------------------------------------------------
 
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool | None = None) -> list[list[int]]:
+        """Token ids of each text. A text far longer than the context is tokenized only at its two
+        ends (enough characters for a full context at each): what a method keeps of it, the first
+        or the last tokens, is exact, and a megabyte record costs no more than a page."""
         special = self.params.add_special_tokens if add_special_tokens is None else add_special_tokens
-        return self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+        budget = (self.context_length or 0) * MAX_CHARS_PER_TOKEN
+        if not budget or all(len(text) <= 2 * budget for text in texts):
+            return self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]
+        return [self._tokenize_ends(text, budget, special) if len(text) > 2 * budget
+                else self.tokenizer(text, add_special_tokens=special)["input_ids"] for text in texts]
+
+    def _tokenize_ends(self, text: str, budget: int, special: bool) -> list[int]:
+        head = self.tokenizer(text[:budget], add_special_tokens=special)["input_ids"]
+        tail = self.tokenizer(text[-budget:], add_special_tokens=False)["input_ids"]
+        return head + tail
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=False)

@@ -20,7 +20,7 @@ import jinja2
 
 from memeval import hookimpl
 from memeval.blocks import LinePlot, Section, Sensitive, Series, Table, Text
-from memeval.errors import UsageError
+from memeval.errors import Failures, UsageError
 from memeval.formatting import ci_text, number
 from memeval.method import Method
 from memeval.registry import Registry
@@ -76,10 +76,10 @@ class ReportContext:
         return next((s for s in specs if s.get("id") == evaluation_id), {})
 
     def text(self, value: Any) -> str:
-        """A cell's text: sensitive text masked under redaction."""
+        """A cell's text: sensitive text masked under redaction, any text cut to an excerpt."""
         if isinstance(value, Sensitive):
-            return self.mask(value.text) if self.redact else value.text
-        return format_value(value)
+            return self.mask(value.text) if self.redact else excerpt(value.text)
+        return excerpt(format_value(value))
 
     def mask(self, text: str) -> str:
         return Sensitive(text).masked(self.redaction_key)
@@ -155,15 +155,15 @@ def file_reporter(registry: Registry, name: str) -> Any:
 def write_reports(report: ReportContext, formats: list[str]) -> list[Path]:
     """Write run.json and each asked-for report, run.json first (a failing reporter must not cost
     the results; `memeval report`, `compare` and `--baseline` read it, so it is always written).
-    Every reporter gets its turn; the first failure is raised after the last has written."""
+    Every reporter gets its turn; their failures are raised together after the last has written."""
     written, failures = [], []
     for name in sorted(dict.fromkeys(["json", *formats]), key=lambda n: n != "json"):
         try:
             written.append(file_reporter(report.registry, name)().write(report))
         except Exception as exc:  # noqa: PERF203 - each reporter on its own
-            failures.append(exc)
+            failures.append((f"reporter {name!r}", exc))
     if failures:
-        raise failures[0]
+        raise Failures(failures)
     return written
 
 
@@ -180,6 +180,17 @@ def memeval_report_sections(evaluation: EvaluationResult, records: Records,
                             method: type[Method] | None) -> list[Section] | None:
     """A method's own sections come from its `report_sections` classmethod."""
     return method.report_sections(evaluation, records) if method is not None else None
+
+
+EXCERPT_CHARS = 2000  # of any one text a report shows; the records keep all of it
+
+
+def excerpt(text: str, limit: int = EXCERPT_CHARS) -> str:
+    """`text`, or its first `limit` characters and its length: a report stays readable (and small)
+    when a record holds megabytes."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} … [{len(text):,} characters; the first {limit:,} shown]"
 
 
 def format_value(value: Any) -> str:

@@ -20,9 +20,10 @@ from memeval.blocks import (
     Table,
     Text,
 )
+from memeval.files import write_text
 from memeval.registry import Registry
 from memeval.report import svg
-from memeval.report.base import ReportContext, across_seeds, templates
+from memeval.report.base import ReportContext, across_seeds, excerpt, templates
 from memeval.results import RunResult
 
 TOKEN = re.compile(r"\s+|[^\W\d]+|\d|[^\w\s]")  # digits one by one: a code off by one digit shows it
@@ -48,8 +49,8 @@ def compared_view(sample: ComparedSample, report: ReportContext) -> dict[str, An
         return {"id": sample.id, "prompt": report.mask(sample.prompt) if sample.prompt else "",
                 "truth": [("masked", report.mask(sample.truth))],
                 "output": [("masked", report.mask(sample.output))], "scores": scores}
-    truth, output = diff_segments(sample.truth, sample.output)
-    return {"id": sample.id, "prompt": sample.prompt, "truth": truth, "output": output, "scores": scores}
+    truth, output = diff_segments(excerpt(sample.truth), excerpt(sample.output))
+    return {"id": sample.id, "prompt": excerpt(sample.prompt or ""), "truth": truth, "output": output, "scores": scores}
 
 
 def block_view(block: Block, report: ReportContext) -> dict[str, Any]:
@@ -92,7 +93,7 @@ class HtmlReporter:
             across_seeds=[section_view(s, report) for s in across_seeds(report.run)],
             model_plots=model_plots(report))
         path = report.out_dir / self.filename
-        path.write_text(page, encoding="utf-8")
+        write_text(path, page)
         return path
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from memeval import hookimpl
+from memeval.files import atomic_writer
 from memeval.registry import Registry
 from memeval.report.base import ReportContext, format_value
 from memeval.results import EvaluationResult, GateVerdict, Metric
@@ -96,7 +97,8 @@ class JunitReporter:
         root.set("errors", str(sum(int(s.get("errors")) for s in root)))
         ET.indent(root)
         path = report.out_dir / self.filename
-        ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+        with atomic_writer(path, "wb") as handle:
+            ET.ElementTree(root).write(handle, encoding="utf-8", xml_declaration=True)
         return path
 
 

@@ -10,8 +10,10 @@ from typing import Any
 
 from memeval import hookimpl
 from memeval.blocks import Comparison, Section, Sensitive, Table
+from memeval.files import write_text
+from memeval.formatting import ci_text
 from memeval.registry import Registry
-from memeval.report.base import ReportContext, across_seeds, templates
+from memeval.report.base import ReportContext, across_seeds, format_value, templates
 
 MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~-])")
 
@@ -20,6 +22,26 @@ def md_escape(value: Any) -> str:
     """Text safe inside a Markdown table cell: no markup, no HTML, one line."""
     text = str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return re.sub(r"\s+", " ", MARKDOWN_SPECIAL.sub(r"\\\1", text)).strip()
+
+
+class Escaped(str):
+    """Markdown text already escaped (or made by memeval from numbers): printed as it is."""
+
+
+def markdown_environment(report: ReportContext) -> Any:
+    """The Markdown templates' environment: every printed value is escaped unless a filter already
+    did, so a field of a crafted run.json (a status, a verdict, an exit code) cannot inject markup."""
+    env = templates(autoescape=False)
+    env.finalize = lambda value: value if isinstance(value, Escaped) else md_escape(value)
+    env.filters["md"] = lambda value: Escaped(md_escape(value))
+    env.filters["num"] = lambda value: Escaped(format_value(value) if _is_number(value) else md_escape(format_value(value)))
+    env.filters["ci"] = lambda metric: Escaped(md_escape(ci_text(metric)))
+    env.filters["scrub"] = report.scrub
+    return env
+
+
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, int | float) and not isinstance(value, bool))
 
 
 def tables(report: ReportContext, sections: list[Section]) -> list[dict[str, Any]]:
@@ -45,15 +67,13 @@ class MarkdownReporter:
     filename = "summary.md"
 
     def write(self, report: ReportContext) -> Path:
-        env = templates(autoescape=False)
-        env.filters["md"] = md_escape
-        env.filters["scrub"] = report.scrub
+        env = markdown_environment(report)
         evaluations = [{"result": e, "tables": tables(report, report.sections(e))} for e in report.run.evaluations]
         text = env.get_template("markdown/summary.md.j2").render(
             run=report.run, evaluations=evaluations, redact=report.redact,
             across_seeds=tables(report, across_seeds(report.run)))
         path = report.out_dir / self.filename
-        path.write_text(text, encoding="utf-8")
+        write_text(path, text)
         summary = os.environ.get("GITHUB_STEP_SUMMARY")
         if summary:
             with open(summary, "a", encoding="utf-8") as handle:
