@@ -15,8 +15,9 @@ from memeval import __version__
 from memeval.config import Config
 from memeval.errors import ExitCode, UsageError, most_severe
 from memeval.files import environment_problem, write_text
+from memeval.hookcall import call_each
 from memeval.options import CACHE_MODES, model_override, positive_int, seed
-from memeval.plugins import build_registry, call_each, make_plugin_manager
+from memeval.plugins import build_registry, make_plugin_manager
 from memeval.registry import UnknownName
 from memeval.results import run_directories
 from memeval.suite import SuiteErrors

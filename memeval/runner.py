@@ -30,9 +30,9 @@ from memeval.data import rows_to_samples, stream_texts
 from memeval.errors import EnvironmentProblem, ExitCode, Failures, UsageError, most_severe
 from memeval.files import atomic_writer, environment_problem, locked, remove_partials
 from memeval.gates import judge, not_judged
+from memeval.hookcall import call_each
 from memeval.matrix import aggregate_over_seeds
 from memeval.models.base import AdapterContext, CachedCausalLM, CausalLM, ModelAdapter
-from memeval.plugins import call_each
 from memeval.results import RECORDS_DIR, EvaluationResult, Metric, RunDir, RunResult
 from memeval.sample import Sample
 from memeval.selection import compile_expression

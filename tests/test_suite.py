@@ -137,7 +137,7 @@ def test_unreadable_data_is_a_usage_error(tmp_path, run_cli):
     (tmp_path / "data" / "train.jsonl").write_text("{not json\n")
     code, _, err = run_cli("run", path, "--out", tmp_path / "out")
     assert code == 4
-    assert f"{path}:5: datasets.train: cannot read json data" in err
+    assert f"{tmp_path / 'data' / 'train.jsonl'}:1: this line is not JSON" in err
 
 
 def test_merge_keys_and_anchors_work(tmp_path, run_cli):
