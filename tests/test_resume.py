@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from helpers import read_run, write_jsonl
+from helpers import REPO, read_run, run_memeval, write_jsonl
 
 N_SAMPLES = 1200
 
@@ -122,3 +122,59 @@ def test_interrupt_writes_an_interrupted_run_and_exits_2(tmp_path, slow_model_di
     assert proc.wait(timeout=60) == 2
     run = read_run(tmp_path / "run")
     assert run["status"] == "interrupted" and run["exit_code"] == 2
+
+
+def killed_when(args, cache, ready, env=None):
+    """Start `memeval run ARGS`, SIGKILL it once `ready()` is true, and return it."""
+    env = {**os.environ, "MEMEVAL_CACHE_DIR": str(cache), **(env or {})}
+    proc = subprocess.Popen([sys.executable, "-m", "memeval", "run", *map(str, args), "-q"], env=env,
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not ready() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    assert proc.poll() is None, f"the run ended before the kill point: {proc.stderr.read()}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return proc
+
+
+def outcome(out_dir):
+    """What a run found: its metrics and gates, and every record, in a stable order."""
+    run = read_run(out_dir)
+    found = [{k: e[k] for k in ("id", "status", "metrics", "gates")} for e in run["evaluations"]]
+    rows = {p.name: sorted(p.read_text().splitlines()) for p in (out_dir / "records").glob("*.jsonl")}
+    return (run["status"], run["exit_code"]), found, rows
+
+
+@pytest.mark.slow
+def test_sigkill_while_training_and_while_reporting_then_rerun_matches_a_clean_run(tiny_suite, tmp_path):
+    suite = tiny_suite(extra="report: {formats: [json, html, markdown, junit]}\n")
+    clean = run_memeval("run", suite, "--out", tmp_path / "clean", cache=tmp_path / "clean-cache")
+    assert clean.returncode == 0, clean.stderr
+    cache, recipes = tmp_path / "cache", tmp_path / "cache" / "recipes"
+
+    def training() -> bool:
+        return recipes.is_dir() and any(p.name.startswith(".") and p.is_dir() for p in recipes.iterdir())
+
+    killed_when([suite, "--out", tmp_path / "a"], cache, training)
+    assert not any(p.name == "recipe.json" for p in recipes.rglob("*")), "killed before training finished"
+    rerun = run_memeval("run", suite, "--out", tmp_path / "a", cache=cache)
+    assert rerun.returncode == 0, rerun.stderr
+    assert outcome(tmp_path / "a") == outcome(tmp_path / "clean")
+
+    # Reporting: a plugin holds the HTML reporter still while it builds its sections.
+    (tmp_path / "hold.py").write_text(
+        "import os, pathlib, time\nfrom memeval import hookimpl\n\n\n@hookimpl\n"
+        "def memeval_report_sections(evaluation, records):\n"
+        "    pathlib.Path(os.environ['HOLD_MARK']).touch()\n    time.sleep(120)\n")
+    mark, out = tmp_path / "reporting", tmp_path / "b"
+    killed_when([suite, "--out", out, "-p", "hold"], cache, mark.exists,
+                env={"HOLD_MARK": str(mark), "PYTHONPATH": str(tmp_path)})
+    assert (out / "records").is_dir() and not (out / "run.json").exists(), "no run.json says it completed"
+    assert not (out / "report.html").exists()
+    rerun = run_memeval("run", suite, "--out", out, cache=cache)
+    assert rerun.returncode == 0, rerun.stderr
+    assert not list(out.rglob("*.part"))
+    assert outcome(out) == outcome(tmp_path / "clean")
+    assert all(e["model_calls"]["computed"] == 0 for e in read_run(out)["evaluations"])
+    assert (out / "report.html").read_text().rstrip().endswith("</html>")

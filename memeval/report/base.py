@@ -153,11 +153,12 @@ def file_reporter(registry: Registry, name: str) -> Any:
 
 
 def write_reports(report: ReportContext, formats: list[str]) -> list[Path]:
-    """Write run.json and each asked-for report, run.json first (a failing reporter must not cost
-    the results; `memeval report`, `compare` and `--baseline` read it, so it is always written).
-    Every reporter gets its turn; their failures are raised together after the last has written."""
+    """Write each asked-for report, then run.json. Every reporter gets its turn, so a failing one
+    never costs the results (`memeval report`, `compare` and `--baseline` read run.json); their
+    failures are raised together after the last has written. run.json goes last so that a run
+    killed while reporting leaves none saying it completed."""
     written, failures = [], []
-    for name in sorted(dict.fromkeys(["json", *formats]), key=lambda n: n != "json"):
+    for name in sorted(dict.fromkeys(["json", *formats]), key=lambda n: n == "json"):
         try:
             written.append(file_reporter(report.registry, name)().write(report))
         except Exception as exc:  # noqa: PERF203 - each reporter on its own
