@@ -35,7 +35,6 @@ from memeval.api import (
     Records,
     Section,
     Series,
-    Table,
     TorchThreads,
     histogram_of,
     roc_auc,
@@ -136,8 +135,6 @@ class SelfInfluence(Method):
             blocks.append(LinePlot("Self-influence ROC: detecting the mislabeled training examples",
                                    "false positive rate (clean examples)", "true positive rate (mislabeled)",
                                    series, x_range=(0.0, 1.0), y_range=(0.0, 1.0), diagonal=True))
-        rows = [[m.name, round(m.value, 4), m.ci_low, m.ci_high] for m in evaluation.metrics]
-        blocks.append(Table(["metric", "value", "CI low", "CI high"], rows, title="Detection of mislabeled examples"))
         for score, name in SCORES.items():
             values = [math.log10(r[score]) for r in records if r.get(score, 0) > 0]
             hist: Histogram | None = histogram_of(values, f"log10 {name}", "log10 score", bins=30)
