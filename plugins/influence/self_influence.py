@@ -36,6 +36,7 @@ from memeval.api import (
     Section,
     Series,
     TorchThreads,
+    UsageError,
     histogram_of,
     roc_auc,
     roc_curve,
@@ -106,7 +107,7 @@ class SelfInfluence(Method):
     def reduce(self, records: list[dict[str, Any]], context: Context) -> list[Metric]:
         noisy = np.array([r["noisy"] for r in records])
         if noisy.all() or not noisy.any():
-            raise ValueError("influence.self_influence needs a classifier trained with label noise "
+            raise UsageError("influence.self_influence needs a classifier trained with label noise "
                              "(both flipped and unflipped training labels)")
         metrics = []
         for score in SCORES:
@@ -164,7 +165,7 @@ def _image(top: dict[str, Any]) -> Any:
 def head_of(net: nn.Module) -> nn.Linear:
     linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
     if not linears:
-        raise ValueError(f"{type(net).__name__} has no nn.Linear layer to take as its last layer")
+        raise UsageError(f"{type(net).__name__} has no nn.Linear layer to take as its last layer")
     return linears[-1]
 
 

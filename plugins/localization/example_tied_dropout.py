@@ -38,6 +38,7 @@ from memeval.api import (
     TrainingRun,
     TrainJob,
     TrainResult,
+    UsageError,
     rate_metric,
 )
 from memeval_plugins.localization.probe import network_of, probe_data, unit_masks, units
@@ -194,8 +195,8 @@ class ExampleTiedDropout(Method):
         model = context.model
         trainer = model.summary_info["trainer"]
         if trainer["name"] != ExampleTiedDropoutTrainer.name:
-            raise ValueError(f"localization.example_tied_dropout needs a classifier trained with trainer: "
-                             f"{ExampleTiedDropoutTrainer.name}; this one was trained with {trainer['name']!r}")
+            raise UsageError(f"localization.example_tied_dropout needs a classifier trained with trainer: "
+                             f"{ExampleTiedDropoutTrainer.name}; this one was trained with {trainer['name']!r}", field="model")
         tied = {k[len(MASK_PREFIX):]: torch.tensor(v, dtype=torch.float32)
                 for k, v in model.training_log.extras.items() if k.startswith(MASK_PREFIX)}
         net = model.networks[network_of(model, self.params.network)].eval()

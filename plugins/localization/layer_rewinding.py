@@ -29,6 +29,7 @@ from memeval.api import (
     Table,
     Text,
     TorchThreads,
+    UsageError,
 )
 from memeval_plugins.localization.probe import (
     ACCURACIES,
@@ -51,8 +52,9 @@ def rewind_epoch(requested: int | None, available: list[int], epochs: int) -> in
     if requested is None:
         return min(available, key=lambda e: (abs(e - REWIND_SHARE * epochs), e))
     if requested not in available:
-        raise ValueError(f"rewind_epoch {requested} is not a stored checkpoint; the classifier has checkpoints at "
-                         f"epochs {available} (set checkpoint_every on the model to keep more)")
+        raise UsageError(f"rewind_epoch {requested} is not a stored checkpoint; the classifier has checkpoints at "
+                         f"epochs {available} (set checkpoint_every on the model to keep more)",
+                         field="params.rewind_epoch")
     return requested
 
 

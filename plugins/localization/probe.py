@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from memeval.api import UsageError
+
 ACCURACIES = {"noisy_memorized": "share of mislabeled training examples predicted as their (noisy) training label",
               "clean_train_accuracy": "share of clean training examples predicted correctly",
               "test_accuracy": "accuracy on the clean test labels"}
@@ -72,7 +74,7 @@ def units(net: nn.Module) -> OrderedDict[str, nn.Module]:
     """The network's neurons, as the outputs of its ReLU modules (a channel for a conv map)."""
     found = OrderedDict((name, m) for name, m in net.named_modules() if isinstance(m, nn.ReLU))
     if not found:
-        raise ValueError(f"{type(net).__name__} has no nn.ReLU module whose outputs could be its neurons")
+        raise UsageError(f"{type(net).__name__} has no nn.ReLU module whose outputs could be its neurons")
     return found
 
 

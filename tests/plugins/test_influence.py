@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memeval.threads import TorchThreads
 from memeval.train.architectures import SmallCNN
 from memeval_plugins.influence.self_influence import (
     checkpoint_weights,
@@ -21,6 +22,12 @@ from memeval_plugins.influence.self_influence import (
     top_k_precision,
 )
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one torch thread (as the methods do), and a shared machine stays usable."""
+    with TorchThreads(1):
+        yield
 
 def _tiny_mlp(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)

@@ -7,9 +7,12 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
+from memeval.api import UsageError
+from memeval.threads import TorchThreads
 from memeval.train.architectures import MLP, SmallCNN
 from memeval_plugins.localization.gradient_accounting import gradient_shares
 from memeval_plugins.localization.layer_rewinding import rewind, rewind_epoch
@@ -17,6 +20,12 @@ from memeval_plugins.localization.neuron_flipping import collateral_drop, greedy
 from memeval_plugins.localization.probe import ProbeData, layers
 from memeval_plugins.localization.retraining import RetrainingParams, retrain_layer
 
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one torch thread (as the methods do), and a shared machine stays usable."""
+    with TorchThreads(1):
+        yield
 
 def _data(n: int = 40, shape: tuple[int, ...] = (6,), seed: int = 0) -> ProbeData:
     gen = torch.Generator().manual_seed(seed)
@@ -73,7 +82,7 @@ def test_rewind_epoch_defaults_near_a_fifth_of_training_and_rejects_missing_chec
     assert rewind_epoch(10, [0, 10, 20], 20) == 10
     try:
         rewind_epoch(7, [0, 10, 20], 20)
-    except ValueError as exc:
+    except UsageError as exc:
         assert "epochs [0, 10, 20]" in str(exc)
     else:
         raise AssertionError("a missing checkpoint must be an error")
@@ -132,3 +141,21 @@ def test_greedy_flip_counts_are_the_fewest_of_its_order_and_collateral_matches_w
             zeroed = _zero_by_weights(net, [flips.unit_name(u) for u in flips.zeroed[row]])
             after = (zeroed(data.x[60:]).argmax(1) == data.y[60:]).float().mean()
             assert np.isclose(drops[row], float(base - after))
+
+
+def test_example_tied_dropout_method_refuses_a_model_trained_without_it():
+    from types import SimpleNamespace
+
+    from memeval_plugins.localization.example_tied_dropout import (
+        ExampleTiedDropout,
+        TiedDropoutMethodParams,
+    )
+
+    model = SimpleNamespace(summary_info={"trainer": {"name": "standard", "params": {}}})
+    method = ExampleTiedDropout(TiedDropoutMethodParams())
+    try:
+        method.prepare([], SimpleNamespace(model=model, seed=0))
+    except UsageError as exc:
+        assert "trainer: example_tied_dropout" in str(exc) and "'standard'" in str(exc)
+    else:
+        raise AssertionError("a model trained without example-tied dropout must be a usage error")
