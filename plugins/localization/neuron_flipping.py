@@ -4,7 +4,8 @@ zeroing flips its prediction, chosen greedily (Maini et al. 2023, section 3.3).
 Each step ranks the units still on by the example's first-order importance, the drop in its loss
 towards its training label were the unit zeroed, -sum(activation x d loss / d activation) over the
 unit's positions, minus the same importance averaged over a reference batch of other training
-examples (so that units the rest of the data relies on are spared); it zeroes the top one and
+examples (computed once, on the intact network, so that units the rest of the data relies on are
+spared); it zeroes the top one and
 repeats until the prediction leaves the training label, at most `max_units` times. Memorized
 (mislabeled) examples flip after far fewer units than clean ones."""
 
