@@ -221,6 +221,17 @@ def test_dropping_memorization_neurons_forgets_noisy_labels_not_the_test_set(run
     assert trained.log.final_pred.tolist() == [r["prediction_without"] for r in records]
     masks = trained.log.extras["tied_mask:body.relu1"]
     assert masks[:, :26].all() and 0.05 < masks[:, 26:].mean() < 0.15  # p_gen 0.2, p_mem 0.1
+    # "with" recomputed the same way for some training examples: all but their own neurons' rows zeroed
+    x = torch.tensor(trained.data().x_train)
+    for r in records[:: len(records) // 20]:
+        own = trained.new_model()
+        own.load_state_dict(trained.networks["net"].state_dict())
+        with torch.no_grad():
+            for layer, linear in (("body.relu1", own.body.fc1), ("body.relu2", own.body.fc2)):
+                off = torch.tensor(~trained.log.extras[f"tied_mask:{layer}"][r["index"]])
+                linear.weight[off] = 0
+                linear.bias[off] = 0
+            assert int(own.eval()(x[r["index"]:r["index"] + 1]).argmax(1)) == r["prediction_with"]
     assert metrics["noisy_memorized_with"] > 0.9
     assert metrics["noisy_memorized_drop"] > 0.8 and metrics["noisy_memorized_drop"] > metrics["test_accuracy_drop"] + 0.5
 
