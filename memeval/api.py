@@ -25,6 +25,8 @@ from memeval.blocks import (
     ComparedSample,
     Comparison,
     Histogram,
+    Image,
+    ImageGrid,
     LinePlot,
     Section,
     Sensitive,
@@ -66,11 +68,11 @@ from memeval.train.metrics import Curves, LabelSet
 from memeval.train.metrics import curves as training_curves
 from memeval.train.metrics import final_counts as training_final_counts
 from memeval.train.metrics import records as training_records
-from memeval.train.trainers import Trainer, TrainingLog
+from memeval.train.trainers import Trainer, TrainingLog, TrainingRun, TrainJob, TrainResult
 
 __all__ = [
     "DEFAULT_LEVEL", "DEFAULT_RESAMPLES", "TOP_N", "Block", "CausalLM", "Cell", "ComparedSample", "Comparison",
-    "Context", "CorpusIndex", "EvaluationResult", "Histogram", "LinePlot", "Method", "Metric", "MetricSpec",
+    "Context", "CorpusIndex", "EvaluationResult", "Histogram", "Image", "ImageGrid", "LinePlot", "Method", "Metric", "MetricSpec",
     "ModelAdapter", "OutputCache", "Params", "Records", "Registry", "RegistryError", "RunDir", "Sample",
     "Section", "Sensitive", "Series", "Strict", "Table", "Text", "TokenScores", "TorchThreads", "UsageError",
     "__version__", "best_balanced_accuracy", "bootstrap_ci", "by_rows", "clopper_pearson", "corpus_fingerprint",
@@ -79,4 +81,6 @@ __all__ = [
     "stratified_bootstrap_ci", "tpr_at_fpr", "tpr_at_fpr_statistic",
     # training experiments (classifier models): the log, the labels, and what they measure
     "Curves", "LabelSet", "Trainer", "TrainingLog", "training_curves", "training_final_counts", "training_records",
+    # writing a trainer: the job it gets, the bookkeeping every trainer shares, what it returns
+    "TrainJob", "TrainResult", "TrainingRun",
 ]

@@ -97,7 +97,22 @@ class Text:
     text: str
 
 
-Block = LinePlot | Histogram | Table | Comparison | Text
+@dataclass
+class Image:
+    """A small grayscale image (e.g. a training input), rows of values in [0, 1]; masked under
+    `redact: true` like sensitive text (it may be training data)."""
+
+    pixels: list[list[float]]
+    caption: str = ""
+
+
+@dataclass
+class ImageGrid:
+    title: str
+    images: list[Image]
+
+
+Block = LinePlot | Histogram | Table | Comparison | Text | ImageGrid
 
 
 @dataclass

@@ -14,6 +14,7 @@ from memeval.blocks import (
     ComparedSample,
     Comparison,
     Histogram,
+    ImageGrid,
     LinePlot,
     Section,
     Series,
@@ -69,6 +70,10 @@ def block_view(block: Block, report: ReportContext) -> dict[str, Any]:
                 "output_label": block.output_label, "samples": [compared_view(s, report) for s in block.samples]}
     if isinstance(block, Text):
         return {"kind": "text", "text": report.scrub(block.text)}
+    if isinstance(block, ImageGrid):
+        return {"kind": "images", "title": block.title,
+                "images": [{"caption": report.scrub(image.caption), "redacted": report.redact,
+                            "geometry": None if report.redact else svg.image(image.pixels)} for image in block.images]}
     raise TypeError(f"not a report block: {type(block).__name__}")
 
 

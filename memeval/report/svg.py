@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from memeval.blocks import Histogram, LinePlot
 
@@ -152,3 +153,12 @@ def histogram(plot: Histogram) -> Geometry:
 
 def _finite(*values: float | None) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
+
+
+def image(pixels: list[list[float]], size: float = 84.0) -> dict[str, Any]:
+    """A grayscale image as SVG rects (white background, darker = larger value), at most `size` px wide."""
+    height, width = len(pixels), max((len(row) for row in pixels), default=0)
+    cell = round(size / max(width, height, 1), 3)
+    rects = [{"x": round(c * cell, 3), "y": round(r * cell, 3), "shade": round(255 * (1 - min(max(v, 0.0), 1.0)))}
+             for r, row in enumerate(pixels) for c, v in enumerate(row) if _finite(v) and v > 0.02]
+    return {"width": round(width * cell, 3), "height": round(height * cell, 3), "cell": cell, "rects": rects}
