@@ -24,6 +24,7 @@ from memeval.blocks import (
     Cell,
     ComparedSample,
     Comparison,
+    HeatMap,
     Histogram,
     LinePlot,
     Section,
@@ -70,7 +71,7 @@ from memeval.train.trainers import Trainer, TrainingLog
 
 __all__ = [
     "DEFAULT_LEVEL", "DEFAULT_RESAMPLES", "TOP_N", "Block", "CausalLM", "Cell", "ComparedSample", "Comparison",
-    "Context", "CorpusIndex", "EvaluationResult", "Histogram", "LinePlot", "Method", "Metric", "MetricSpec",
+    "Context", "CorpusIndex", "EvaluationResult", "HeatMap", "Histogram", "LinePlot", "Method", "Metric", "MetricSpec",
     "ModelAdapter", "OutputCache", "Params", "Records", "Registry", "RegistryError", "RunDir", "Sample",
     "Section", "Sensitive", "Series", "Strict", "Table", "Text", "TokenScores", "TorchThreads", "UsageError",
     "__version__", "best_balanced_accuracy", "bootstrap_ci", "by_rows", "clopper_pearson", "corpus_fingerprint",

@@ -2,7 +2,7 @@
 prompt -> target pairs (prefix -> suffix), until it fits (see `memeval.train.seq2seq`).
 
 Trained once, stored under the cache directory by the hash of architecture + training + data +
-seed, with its per-epoch log (loss, training fit, greedy accuracy on the `monitor` datasets).
+seed, with its per-epoch log (loss, training fit, accuracy on the `monitor` datasets).
 It decodes greedily (`greedy_text`) and exposes every layer's output (`layer_outputs`).
 """
 
@@ -47,8 +47,8 @@ class Seq2SeqParams(Strict):
     )
     monitor: list[str] = Field(
         default_factory=list,
-        description="datasets whose greedy accuracy is logged every "
-        "epoch (e.g. the held-out pairs)",
+        description="datasets whose sequence and token accuracy (teacher-forced) are logged every epoch "
+        "(e.g. the held-out pairs)",
     )
     architecture: Seq2SeqArchitecture = Field(
         default_factory=Seq2SeqArchitecture,

@@ -13,6 +13,7 @@ from memeval.blocks import (
     Block,
     ComparedSample,
     Comparison,
+    HeatMap,
     Histogram,
     LinePlot,
     Section,
@@ -68,6 +69,8 @@ def block_view(block: Block, report: ReportContext) -> dict[str, Any]:
                 "output_label": block.output_label, "samples": [compared_view(s, report) for s in block.samples]}
     if isinstance(block, Text):
         return {"kind": "text", "text": report.scrub(block.text)}
+    if isinstance(block, HeatMap):
+        return {"kind": "heatmap", "title": block.title, "geometry": svg.heat_map(block)}
     raise TypeError(f"not a report block: {type(block).__name__}")
 
 

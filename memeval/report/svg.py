@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from memeval.blocks import Histogram, LinePlot
+from memeval.blocks import HeatMap, Histogram, LinePlot
 
 WIDTH, HEIGHT = 520, 300
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 58, 16, 14, 44
@@ -152,3 +152,30 @@ def histogram(plot: Histogram) -> Geometry:
 
 def _finite(*values: float | None) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
+
+
+HEAT_CELL_W, HEAT_CELL_H, HEAT_LEFT, HEAT_TOP = 96, 22, 120, 40
+
+
+def heat_map(block: HeatMap) -> dict:
+    """Cells of a heat map: position, fill (blue below the middle of the range, red above, white at
+    it) and the value printed in it; undefined cells are grey."""
+    low, high = block.value_range
+    middle, half = (low + high) / 2, (high - low) / 2 or 1.0
+    cells = []
+    for i, row in enumerate(block.values):
+        for j, value in enumerate(row):
+            cell = {"x": HEAT_LEFT + j * HEAT_CELL_W, "y": HEAT_TOP + i * HEAT_CELL_H, "label": "n/a", "fill": "#dddddd",
+                    "title": f"{block.row_labels[i]} / {block.column_labels[j]}"}
+            if _finite(value):
+                t = max(-1.0, min(1.0, (value - middle) / half))
+                fade = round(255 * (1 - abs(t)))
+                cell["fill"] = f"rgb({255 if t > 0 else fade},{fade},{255 if t < 0 else fade})"
+                cell["label"] = f"{value:.2f}"
+            cells.append(cell)
+    return {"width": HEAT_LEFT + HEAT_CELL_W * len(block.column_labels) + 8,
+            "height": HEAT_TOP + HEAT_CELL_H * len(block.row_labels) + 8, "cell_w": HEAT_CELL_W,
+            "cell_h": HEAT_CELL_H, "cells": cells,
+            "rows": [(HEAT_TOP + (i + 0.5) * HEAT_CELL_H + 4, label) for i, label in enumerate(block.row_labels)],
+            "columns": [(HEAT_LEFT + (j + 0.5) * HEAT_CELL_W, label) for j, label in enumerate(block.column_labels)],
+            "left": HEAT_LEFT, "top": HEAT_TOP}

@@ -128,7 +128,7 @@ class Extrapolation(Method):
     `value` or `token` split means the model computes (it never saw those operands together or
     those input tokens); a control task `R` (random outputs) can only be memorized and stays near
     `chance_sequence_accuracy` on held-out pairs. With a `seq2seq` model the per-epoch training
-    log (training fit, greedy accuracy of its monitored datasets) becomes the `curves` artifact;
+    log (training fit and monitored datasets' accuracy, teacher-forced) becomes the `curves` artifact;
     accuracy by operand magnitude (bit length of the larger operand) and by carry-chain length
     (longest run of carries in a + b) are the `by_magnitude` and `by_carry_chain` artifacts.
     """
@@ -266,7 +266,8 @@ def decode(model: Any, batch: list[dict[str, Any]], params: ExtrapolationParams)
 
 
 def curves_of(log: list[dict[str, Any]]) -> dict[str, list[float]]:
-    """Per epoch: training fit and each monitored dataset's greedy accuracy."""
+    """Per epoch: training fit and each monitored dataset's accuracy (teacher-forced: the sequence
+    accuracy is greedy decoding's; the token accuracy is per position given the true prefix)."""
     curves: dict[str, list[float]] = {
         "epochs": [e["epoch"] for e in log],
         "train sequence accuracy": [e["train_sequence_accuracy"] for e in log],

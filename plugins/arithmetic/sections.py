@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from memeval.api import EvaluationResult, LinePlot, Section, Series, Table
+from memeval.api import EvaluationResult, HeatMap, LinePlot, Section, Series, Table
 
 CURVES = ("train sequence accuracy",)
 
@@ -20,7 +20,7 @@ def extrapolation_sections(evaluation: EvaluationResult) -> list[Section]:
         series = [Series(n, epochs, [float(v) for v in curves[n]]) for n in names]
         blocks.append(
             LinePlot(
-                "Accuracy over training (greedy on monitored sets; training fit teacher-forced)",
+                "Accuracy over training (sequence accuracy = greedy's; token accuracy teacher-forced)",
                 "epoch",
                 "accuracy",
                 series,
@@ -87,15 +87,13 @@ def erd_sections(evaluation: EvaluationResult) -> list[Section]:
         y_range=(-1.0, 1.0),
         markers=True,
     )
-    table = Table(
-        ["layer", *(r.replace("_", " ") for r in references)],
-        [
-            [name, *(None if v is None else round(v, 3) for v in row)]
-            for name, row in zip(layers, values, strict=True)
-        ],
-        title="ERD map: Pearson r of each layer's pairwise distances with each reference distance",
+    heat = HeatMap(
+        "ERD map: Pearson r of layer distances with reference distances",
+        layers,
+        [r.replace("_", " ") for r in references],
+        values,
     )
-    return [Section("Encoding-regression-decoding", [plot, table])]
+    return [Section("Encoding-regression-decoding", [heat, plot])]
 
 
 def _defined(x: list[float], y: list[float | None]) -> tuple[list[float], list[float]]:
