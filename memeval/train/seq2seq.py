@@ -60,6 +60,7 @@ class Seq2SeqTraining(Strict):
     batch_size: int = Field(64, ge=1, description="pairs per step")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm to this (none: no clipping)")
 
 
 class Vocabulary:
@@ -225,6 +226,8 @@ def train(
                 loss = loss_fn(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if opts.grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), opts.grad_clip)
                 optimizer.step()
                 losses.append(loss.item())
             model.eval()

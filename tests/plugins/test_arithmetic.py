@@ -230,6 +230,8 @@ def test_erd_correlations_match_scipy_on_hooked_layer_outputs(arithmetic_run):
     assert found["inner_input_value_r"] > found["first_encoder_input_value_r"] + 0.1
     markdown = (root / "run" / "summary.md").read_text()
     assert "ERD map" in markdown
+    html = (root / "run" / "report.html").read_text()
+    assert 'data-block="heatmap"' in html and "input value" in html
 
 
 def test_answers_are_read_from_the_leading_digits():
