@@ -128,12 +128,15 @@ class Seq2Seq(ModelAdapter):
         info = self.summary_info
         model = EncoderDecoder(
             Seq2SeqArchitecture.model_validate(info["architecture"]),
-            len(info["vocabulary"]) + 2,
+            len(self.vocabulary),
             info["max_len"],
         )
         model.load_state_dict(torch.load(self.directory / "weights.pt", weights_only=True))
-        self.vocabulary = Vocabulary(info["vocabulary"])
         return model.eval()
+
+    @cached_property
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary(self.summary_info["vocabulary"])
 
     def greedy_text(self, prompts: list[str], length: int, batch_size: int = 1024) -> list[str]:
         """`length` characters decoded greedily after each prompt."""

@@ -22,11 +22,11 @@ from memeval.api import (
     mean_metric,
     rate_metric,
 )
+from memeval_plugins.arithmetic.data import SYMBOLS
 from memeval_plugins.arithmetic.sections import extrapolation_sections
 
 TEMPLATE_FIELDS = frozenset({"prompt", "a", "b", "a_bits", "b_bits", "op"})
 NEEDED_COLUMNS = ("a", "b", "held_out", "value", "carry_chain")
-SYMBOL_OF = {"add": "+", "mul": "*", "R": "+"}
 
 
 class ExtrapolationParams(Params):
@@ -88,7 +88,7 @@ def unit_of(sample: Any, params: ExtrapolationParams) -> dict[str, Any]:
         b=meta["b"],
         a_bits=a_bits,
         b_bits=b_bits,
-        op=SYMBOL_OF.get(operation, "+"),
+        op=SYMBOLS.get(operation, "+"),
     )
     target = bits_target if params.answer == "bits" else str(meta["value"])
     return {
