@@ -60,7 +60,9 @@ class Seq2SeqTraining(Strict):
     batch_size: int = Field(64, ge=1, description="pairs per step")
     learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
-    grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm to this (none: no clipping)")
+    grad_clip: float | None = Field(
+        1.0, gt=0, description="clip the gradient norm to this (none: no clipping)"
+    )
 
 
 class Vocabulary:

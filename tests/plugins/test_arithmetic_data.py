@@ -169,3 +169,36 @@ def test_loader_reads_path_config_and_split_and_names_bad_fields():
         with pytest.raises(UsageError, match=field):
             load(DatasetSpec(**{"loader": "arithmetic", "path": "add", **bad}), None)
     assert parse_config(None) == TaskConfig()
+
+
+BAD_SUITE = """
+memeval: 1
+suite: bad
+datasets:
+  train: {{loader: arithmetic, path: add, config: "{config}", split: train, prefix_field: prompt,
+          suffix_field: target}}
+models:
+  m: {{adapter: seq2seq, dataset: train, architecture: {architecture}}}
+evaluations:
+  - {{id: e, method: arithmetic.extrapolation, model: m, dataset: train, params: {params}}}
+"""
+
+
+@pytest.mark.parametrize(
+    ("config", "architecture", "params", "expected"),
+    [
+        ("bits=1", "{}", "{}", "bits"),
+        ("bits=4, holdout=middle", "{}", "{}", "holdout"),
+        ("bits=4", "{d_model: 60, n_head: 8}", "{}", "multiple of n_head"),
+        ("bits=4", "{}", "{template: '{a} plus {c}'}", "unknown template field"),
+    ],
+)
+def test_bad_suite_input_is_a_usage_error_naming_the_field(
+    tmp_path, run_cli, config, architecture, params, expected
+):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text(BAD_SUITE.format(config=config, architecture=architecture, params=params))
+    code, out, err = run_cli(
+        "run", suite, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache"
+    )
+    assert code == 4 and expected in out + err, out + err
