@@ -217,9 +217,10 @@ def trained_seq2seq_dir(params: Seq2SeqParams, context: AdapterContext) -> Path:
             f"(until fit, at most {training.max_epochs} epochs)"
         )
         _train_into(work, key, arch, training, params, train_samples, monitored, context)
-        with contextlib.suppress(
-            OSError
-        ):  # another process finished the same model first: use theirs
+        if final.exists() and not (final / "summary.json").exists():  # stale and incomplete
+            shutil.rmtree(final, ignore_errors=True)
+        # Another process may have finished the same model first: then use theirs.
+        with contextlib.suppress(OSError):
             work.rename(final)
     finally:
         if work.exists():

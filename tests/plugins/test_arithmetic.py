@@ -258,3 +258,28 @@ def test_seq2seq_needs_prompt_target_pairs(tmp_path):
     )
     with pytest.raises(UsageError, match="prefix_field and suffix_field"):
         Seq2Seq(Seq2SeqParams(dataset="plain"), context)
+
+
+@pytest.mark.slow
+def test_a_second_run_trains_nothing_and_reports_the_same_numbers(arithmetic_run, capsys):
+    from memeval.cli import main
+
+    root, _, evaluations = arithmetic_run
+    trained = {p.name: p.stat().st_mtime_ns for p in (root / "cache" / "seq2seq").iterdir()}
+    code = main(
+        [
+            "run",
+            str(root / "suite.yaml"),
+            "--out",
+            str(root / "again"),
+            "--cache-dir",
+            str(root / "cache"),
+        ]
+    )
+    assert code == 0 and "training seq2seq model" not in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in (root / "cache" / "seq2seq").iterdir()} == trained
+    again = {
+        e["id"]: e for e in json.loads((root / "again" / "run.json").read_text())["evaluations"]
+    }
+    for name, evaluation in evaluations.items():
+        assert metrics_of(again[name]) == metrics_of(evaluation)
