@@ -138,6 +138,20 @@ def test_records_and_metrics_match_teacher_forced_passes_of_the_stored_model(ari
         )
         exact = (net(source, shifted).argmax(-1) == target).all(dim=1).tolist()
     assert [r["sequence_correct"] for r in records] == exact
+    # The wrong answers, decoded step by step here: full forward passes on the growing answer.
+    wrong = [i for i, r in enumerate(records) if not r["sequence_correct"]][:32]
+    assert wrong
+    answer = torch.ones((len(wrong), 1), dtype=torch.long)
+    with torch.no_grad():
+        for _ in range(6):
+            logits = net(source[wrong], answer)[:, -1]
+            logits[:, :2] = float("-inf")
+            answer = torch.cat([answer, logits.argmax(-1, keepdim=True)], dim=1)
+    decoded = ["".join(vocab.tokens[t] for t in row[1:]) for row in answer.tolist()]
+    assert [records[i]["prediction"] for i in wrong] == decoded
+    for i, text in zip(wrong, decoded, strict=True):
+        right = sum(p == t for p, t in zip(text, targets[i], strict=True))
+        assert records[i]["token_accuracy"] == pytest.approx(right / 6)
     assert all(r["token_accuracy"] == 1.0 for r in records if r["sequence_correct"])
     held = [r for r in records if r["held_out"]]
     assert {(r["a"], r["b"]) for r in held} == {(a, b) for a in range(8, 24) for b in range(8, 24)}
