@@ -71,7 +71,7 @@ from memeval.train.trainers import Trainer, TrainingLog
 
 __all__ = [
     "DEFAULT_LEVEL", "DEFAULT_RESAMPLES", "TOP_N", "Block", "CausalLM", "Cell", "ComparedSample", "Comparison",
-    "Context", "CorpusIndex", "EvaluationResult", "HeatMap", "Histogram", "LinePlot", "Method", "Metric", "MetricSpec",
+    "Context", "CorpusIndex", "EvaluationResult", "Histogram", "LinePlot", "Method", "Metric", "MetricSpec",
     "ModelAdapter", "OutputCache", "Params", "Records", "Registry", "RegistryError", "RunDir", "Sample",
     "Section", "Sensitive", "Series", "Strict", "Table", "Text", "TokenScores", "TorchThreads", "UsageError",
     "__version__", "best_balanced_accuracy", "bootstrap_ci", "by_rows", "clopper_pearson", "corpus_fingerprint",
@@ -80,4 +80,6 @@ __all__ = [
     "stratified_bootstrap_ci", "tpr_at_fpr", "tpr_at_fpr_statistic",
     # training experiments (classifier models): the log, the labels, and what they measure
     "Curves", "LabelSet", "Trainer", "TrainingLog", "training_curves", "training_final_counts", "training_records",
+    # a grid of numbers coloured by value (e.g. the arithmetic ERD map)
+    "HeatMap",
 ]
