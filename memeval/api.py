@@ -24,6 +24,7 @@ from memeval.blocks import (
     Cell,
     ComparedSample,
     Comparison,
+    HeatMap,
     Histogram,
     Image,
     ImageGrid,
@@ -83,4 +84,6 @@ __all__ = [
     "Curves", "LabelSet", "Trainer", "TrainingLog", "training_curves", "training_final_counts", "training_records",
     # writing a trainer: the job it gets, the bookkeeping every trainer shares, what it returns
     "TrainJob", "TrainResult", "TrainingRun",
+    # a grid of numbers coloured by value (e.g. the arithmetic ERD map)
+    "HeatMap",
 ]

@@ -112,7 +112,19 @@ class ImageGrid:
     images: list[Image]
 
 
-Block = LinePlot | Histogram | Table | Comparison | Text | ImageGrid
+@dataclass
+class HeatMap:
+    """A grid of numbers, each cell coloured by its value on a diverging scale over `value_range`
+    (e.g. correlations by layer and reference); None is an undefined cell."""
+
+    title: str
+    row_labels: list[str]
+    column_labels: list[str]
+    values: list[list[float | None]]  # one list per row, one value per column
+    value_range: tuple[float, float] = (-1.0, 1.0)
+
+
+Block = LinePlot | Histogram | Table | Comparison | Text | ImageGrid | HeatMap
 
 
 @dataclass

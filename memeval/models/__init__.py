@@ -8,11 +8,12 @@ from memeval.models.base import AdapterContext, CachedCausalLM, CausalLM, ModelA
 from memeval.models.classifier import Classifier
 from memeval.models.hf_causal import HFCausal
 from memeval.models.recipe import Recipe
+from memeval.models.seq2seq import Seq2Seq
 from memeval.registry import Registry
 from memeval.train.trainers import BUILTIN_TRAINERS
 
 __all__ = ["AdapterContext", "CachedCausalLM", "CausalLM", "Classifier", "HFCausal", "ModelAdapter", "Recipe",
-           "TokenScores"]
+           "Seq2Seq", "TokenScores"]
 
 
 @hookimpl
@@ -20,5 +21,6 @@ def memeval_register(registry: Registry) -> None:
     registry.add_adapter(HFCausal)
     registry.add_adapter(Recipe)
     registry.add_adapter(Classifier)
+    registry.add_adapter(Seq2Seq)
     for name, trainer in BUILTIN_TRAINERS.items():
         registry.add_trainer(name, trainer)

@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, model_validator
 
 from memeval.cache import sha256_file
 from memeval.data import Sample, fingerprint, iter_texts
+from memeval.errors import UsageError
 from memeval.files import locked
 from memeval.models.base import AdapterContext
 from memeval.models.hf_causal import HFCausal, HFCausalParams
@@ -54,6 +55,11 @@ class ArchitectureRecipe(Strict):
         return self
 
 
+class StopRule(Strict):
+    train_sequence_accuracy: float = Field(gt=0, le=1, description="stop once this share of the training "
+                                                                   "suffixes is fit exactly")
+
+
 class TrainingRecipe(Strict):
     epochs: int = Field(10, ge=1, description="passes over the dataset")
     batch_size: int = Field(16, ge=1, description="documents per step")
@@ -62,6 +68,10 @@ class TrainingRecipe(Strict):
     warmup_steps: int = Field(0, ge=0, description="linear warm-up steps, then linear decay")
     threads: int = Field(1, ge=1, description="torch threads while training (1 is fastest for tiny models; "
                                              "part of the recipe hash: another count gives other weights)")
+    stop_when: StopRule | None = Field(None, description="stop on fit: after each epoch, the share of training "
+                                                         "suffixes whose every token is the teacher-forced argmax "
+                                                         "(exactly greedy decoding's; prefix_field/suffix_field "
+                                                         "data); `epochs` is then a cap, reported if reached")
 
 
 class RecipeParams(Strict):
@@ -131,7 +141,7 @@ class Recipe(HFCausal):
         log = self._saved.get("log", [])
         arch = self.recipe.architecture
         return {"training": {"parameters": self._parameter_count(), "layers": arch.n_layer, "width": arch.n_embd,
-                             "epochs": self.recipe.training.epochs, "documents": self._saved.get("documents"),
+                             "epochs": len(log) or self.recipe.training.epochs, "documents": self._saved.get("documents"),
                              "seconds": round(sum(e["seconds"] for e in log), 2),
                              "loss_curve": [round(e["loss"], 6) for e in log]}}
 
@@ -151,6 +161,8 @@ def recipe_hash(params: RecipeParams, data_fingerprint: str, seed: int, init_fro
     """`init_from` is the hash of the recipe training starts from (absent for a model trained from
     scratch, so those keep the hashes they always had)."""
     trained_on = params.model_dump(include={"tokenizer", "architecture", "training"})
+    if trained_on["training"].get("stop_when") is None:  # recipes without one keep their hashes
+        trained_on["training"].pop("stop_when", None)
     if init_from is not None:
         trained_on["init_from"] = init_from
     blob = json.dumps([RECIPE_FORMAT, trained_on, data_fingerprint, seed], sort_keys=True)
@@ -180,7 +192,8 @@ def trained_model_dir(params: RecipeParams, samples: list[Sample], context: Adap
             start = f" from {base.name}" if base else ""
             context.log(f"training recipe model {key}{start} on {len(samples)} documents")
             log = train(params, list(iter_texts(samples)), context.seed, work, init=base,
-                        progress=epoch_reporter(params.training.epochs, context.log), notice=context.log)
+                        progress=epoch_reporter(params.training.epochs, context.log), notice=context.log,
+                        prompts=stop_rule_prompts(params, samples))
             info = {"recipe_hash": key, "recipe": params.model_dump(), "seed": context.seed,
                     "documents": len(samples), **({"init_from": base.name} if base else {}), "log": log,
                     "files_sha256": {f.name: sha256_file(f) for f in sorted(work.iterdir()) if f.is_file()}}
@@ -212,6 +225,16 @@ def _intact(directory: Path, log: Callable[[str], None]) -> bool:
                 f"training it again, never using it")
             return False
     return True
+
+
+def stop_rule_prompts(params: RecipeParams, samples: list[Sample]) -> list[str] | None:
+    """The prompt (prefix) of each training document, when the recipe stops on fit."""
+    if params.training.stop_when is None:
+        return None
+    if any(s.prefix is None or not s.suffix for s in samples):
+        raise UsageError("training.stop_when needs a dataset of prompt -> target pairs (set its prefix_field and "
+                         "suffix_field)", field="training.stop_when")
+    return [s.prefix or "" for s in samples]
 
 
 def epoch_reporter(epochs: int, log: Callable[[str], None]) -> Callable[[dict[str, float]], None]:
@@ -264,9 +287,11 @@ def build_tokenizer(recipe: TokenizerRecipe, texts: list[str]) -> Any:
 
 def train(params: RecipeParams, texts: list[str], seed: int, out: Path, init: Path | None = None,
           progress: Callable[[dict[str, float]], None] | None = None,
-          notice: Callable[[str], None] | None = None) -> list[dict[str, float]]:
+          notice: Callable[[str], None] | None = None, prompts: list[str] | None = None) -> list[dict[str, float]]:
     """Train the model and save it (and its tokenizer) to `out`. Returns the per-epoch log. With
-    `init` (a trained recipe model's directory), training starts from that model and its tokenizer."""
+    `init` (a trained recipe model's directory), training starts from that model and its tokenizer.
+    With the recipe's `stop_when`, `prompts` (each text's prefix) mark what is fit: training stops
+    after the first epoch whose training sequence accuracy reaches the threshold."""
     import torch
     from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
@@ -280,6 +305,7 @@ def train(params: RecipeParams, texts: list[str], seed: int, out: Path, init: Pa
                f"{arch.n_positions - 1} tokens (by up to {max(cut)}); the model never sees their ends")
     sequences = [ids[:arch.n_positions - 1] + [tokenizer.eos_token_id] for ids in encoded]
     log: list[dict[str, float]] = []
+    stop = opts.stop_when.train_sequence_accuracy if opts.stop_when is not None and prompts is not None else None
     with TorchThreads(opts.threads):
         torch.manual_seed(seed)
         model = (GPT2LMHeadModel.from_pretrained(init) if init is not None
@@ -304,12 +330,39 @@ def train(params: RecipeParams, texts: list[str], seed: int, out: Path, init: Pa
                 schedule.step()
                 losses.append(loss.item())
             log.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - started})
+            if stop is not None:
+                log[-1]["train_sequence_accuracy"] = suffix_fit(model, tokenizer, sequences, prompts, opts.batch_size)
             if progress is not None:
                 progress(log[-1])
+            if stop is not None and log[-1]["train_sequence_accuracy"] >= stop:
+                break
+        if stop is not None and log[-1]["train_sequence_accuracy"] < stop and notice is not None:
+            notice(f"  not fit: training sequence accuracy {log[-1]['train_sequence_accuracy']:.3f} after the "
+                   f"{opts.epochs}-epoch cap (stop_when {stop})")
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return log
+
+
+def suffix_fit(model: Any, tokenizer: Any, sequences: list[list[int]], prompts: list[str], batch_size: int) -> float:
+    """Share of sequences whose every token after the prompt (the final EOS aside) is the
+    teacher-forced argmax: exactly the share greedy decoding reproduces."""
+    import torch
+
+    starts = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]]
+    model.eval()
+    fit = 0
+    with torch.no_grad():
+        for first in range(0, len(sequences), batch_size):
+            chunk = sequences[first:first + batch_size]
+            ids, mask, _ = _batch(chunk, tokenizer.pad_token_id)
+            predicted = model(input_ids=ids, attention_mask=mask).logits.argmax(-1)
+            for row, (seq, start) in enumerate(zip(chunk, starts[first:first + batch_size], strict=True)):
+                end = len(seq) - 1  # the appended EOS is not part of the answer
+                fit += bool((predicted[row, start - 1:end - 1] == ids[row, start:end]).all())
+    model.train()
+    return fit / len(sequences)
 
 
 def gpt2_config(arch: ArchitectureRecipe, tokenizer: Any) -> Any:

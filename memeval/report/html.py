@@ -13,6 +13,7 @@ from memeval.blocks import (
     Block,
     ComparedSample,
     Comparison,
+    HeatMap,
     Histogram,
     ImageGrid,
     LinePlot,
@@ -74,6 +75,8 @@ def block_view(block: Block, report: ReportContext) -> dict[str, Any]:
         return {"kind": "images", "title": block.title,
                 "images": [{"caption": report.scrub(image.caption), "redacted": report.redact,
                             "geometry": None if report.redact else svg.image(image.pixels)} for image in block.images]}
+    if isinstance(block, HeatMap):
+        return {"kind": "heatmap", "title": block.title, "geometry": svg.heat_map(block)}
     raise TypeError(f"not a report block: {type(block).__name__}")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from memeval import hookimpl
-from memeval.blocks import Comparison, Section, Sensitive, Table
+from memeval.blocks import Comparison, HeatMap, Section, Sensitive, Table
 from memeval.files import write_text
 from memeval.formatting import ci_text
 from memeval.registry import Registry
@@ -52,6 +52,10 @@ def tables(report: ReportContext, sections: list[Section]) -> list[dict[str, Any
             if isinstance(block, Table):
                 out.append({"title": f"{section.title}: {block.title}".rstrip(": "), "columns": block.columns,
                             "rows": [[report.text(c) for c in row] for row in block.rows]})
+            elif isinstance(block, HeatMap):
+                out.append({"title": f"{section.title}: {block.title}", "columns": ["", *block.column_labels],
+                            "rows": [[label, *(report.text(None if v is None else round(v, 3)) for v in row)]
+                                     for label, row in zip(block.row_labels, block.values, strict=True)]})
             elif isinstance(block, Comparison):
                 scores = list(dict.fromkeys(k for s in block.samples for k in s.scores))
                 rows = [[s.id, report.text(Sensitive(s.truth)), report.text(Sensitive(s.output)),

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from memeval.blocks import Histogram, LinePlot
+from memeval.blocks import HeatMap, Histogram, LinePlot
 
 WIDTH, HEIGHT = 520, 300
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 58, 16, 14, 44
@@ -162,3 +162,28 @@ def image(pixels: list[list[float]], size: float = 84.0) -> dict[str, Any]:
     rects = [{"x": round(c * cell, 3), "y": round(r * cell, 3), "shade": round(255 * (1 - min(max(v, 0.0), 1.0)))}
              for r, row in enumerate(pixels) for c, v in enumerate(row) if _finite(v) and v > 0.02]
     return {"width": round(width * cell, 3), "height": round(height * cell, 3), "cell": cell, "rects": rects}
+HEAT_CELL_W, HEAT_CELL_H, HEAT_LEFT, HEAT_TOP = 96, 22, 120, 40
+
+
+def heat_map(block: HeatMap) -> dict:
+    """Cells of a heat map: position, fill (blue below the middle of the range, red above, white at
+    it) and the value printed in it; undefined cells are grey."""
+    low, high = block.value_range
+    middle, half = (low + high) / 2, (high - low) / 2 or 1.0
+    cells = []
+    for i, row in enumerate(block.values):
+        for j, value in enumerate(row):
+            cell = {"x": HEAT_LEFT + j * HEAT_CELL_W, "y": HEAT_TOP + i * HEAT_CELL_H, "label": "n/a", "fill": "#dddddd",
+                    "title": f"{block.row_labels[i]} / {block.column_labels[j]}"}
+            if _finite(value):
+                t = max(-1.0, min(1.0, (value - middle) / half))
+                fade = round(255 * (1 - abs(t)))
+                cell["fill"] = f"rgb({255 if t > 0 else fade},{fade},{255 if t < 0 else fade})"
+                cell["label"] = f"{value:.2f}"
+            cells.append(cell)
+    return {"width": HEAT_LEFT + HEAT_CELL_W * len(block.column_labels) + 8,
+            "height": HEAT_TOP + HEAT_CELL_H * len(block.row_labels) + 8, "cell_w": HEAT_CELL_W,
+            "cell_h": HEAT_CELL_H, "cells": cells,
+            "rows": [(HEAT_TOP + (i + 0.5) * HEAT_CELL_H + 4, label) for i, label in enumerate(block.row_labels)],
+            "columns": [(HEAT_LEFT + (j + 0.5) * HEAT_CELL_W, label) for j, label in enumerate(block.column_labels)],
+            "left": HEAT_LEFT, "top": HEAT_TOP}
