@@ -37,7 +37,7 @@ from memeval_plugins.mbi.energy import (
 from memeval_plugins.mbi.ram import RecurrentAttention
 from memeval_plugins.mbi.tables import build_tables, lookup_inference
 
-BASELINES = ("ram", "mlp", "cnn")
+DEFAULTS = EnergyParams().model_dump()
 
 
 class Clusters(Strict):
@@ -57,6 +57,13 @@ class LookupParams(Params):
     mlp: str | None = Field(None, description="a suite model (classifier, MLP) to compare with")
     cnn: str | None = Field(
         None, description="a suite model (classifier, e.g. the ResNet-20 factory) to compare with"
+    )
+    levels: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="bits per pixel of the patch keys (a thermometer code; "
+        "glimpse^2 x levels must be at most 64)",
     )
     energy: EnergyParams = Field(
         default_factory=EnergyParams,
@@ -175,7 +182,9 @@ class MemorizationInference(Method):
         ram_pred: np.ndarray,
         seed: int,
     ) -> dict[str, Any]:
-        tables = build_tables(ram, data.x_train, clusters.hidden, clusters.patches, seed=seed)
+        tables = build_tables(
+            ram, data.x_train, clusters.hidden, clusters.patches, seed=seed, levels=params.levels
+        )
         pred, counts = lookup_inference(tables, data.x_test)
         per = counts.per_inference()
         return {
@@ -329,7 +338,11 @@ class MemorizationInference(Method):
                 Table(
                     ["constant", "value", "source"],
                     [
-                        [k, constants[k], SOURCES.get(k, "suite override")]
+                        [
+                            k,
+                            constants[k],
+                            SOURCES[k] if constants[k] == DEFAULTS[k] else "suite override",
+                        ]
                         for k in SOURCES
                         if k in constants
                     ],

@@ -46,6 +46,9 @@ class SearchParams(Params):
     epochs: int | None = Field(
         None, ge=1, description="epochs of each trial's RAM; none: the model's recipe"
     )
+    levels: int = Field(
+        1, ge=1, le=64, description="bits per pixel of the patch keys (thermometer code)"
+    )
     validation: float = Field(
         0.2, gt=0, lt=1, description="share of the training set held out to score trials"
     )
@@ -61,10 +64,10 @@ class SearchParams(Params):
                 raise ValueError(
                     f"{name} must be [low, high] with 1 <= low <= high, got {[low, high]}"
                 )
-        if any(not 1 <= g <= 8 for g in self.glimpse):
+        if any(g < 1 or g * g * self.levels > 64 for g in self.glimpse):
             raise ValueError(
-                f"glimpse sizes must be between 1 and 8 (lookup keys are at most 64 bits), "
-                f"got {self.glimpse}"
+                f"glimpse sizes must be >= 1 with glimpse^2 x levels <= 64 (lookup keys are at most "
+                f"64 bits), got {self.glimpse} with levels {self.levels}"
             )
         return self
 
@@ -151,7 +154,9 @@ class LookupSearch(Method):
                     data, cut, kwargs, optimizer, context.seed, recipe.get("threads", 1)
                 )
             net = trained[glimpse, glimpses]
-            tables = build_tables(net, data.x_train[:cut], hidden, patches, seed=context.seed)
+            tables = build_tables(
+                net, data.x_train[:cut], hidden, patches, seed=context.seed, levels=params.levels
+            )
             val_pred, _ = lookup_inference(tables, data.x_train[cut:])
             test_pred, counts = lookup_inference(tables, data.x_test)
             val = float((val_pred == data.y_train[cut:]).mean())

@@ -3,8 +3,10 @@ compares keys and reads tables.
 
 Build (over the training set, once): run the trained RAM and record, per glimpse, where it looked,
 the patch it read and the hidden state after it.
-- patch keys: a patch is binarised (pixel > `threshold`) into a `glimpse`^2-bit code; the codebook
-  is `patch_clusters` codes, k-means centroids of the training patches thresholded at 0.5 (or all
+- patch keys: a patch is coded with `levels` bits per pixel, a thermometer code (bit l of a pixel is
+  set when the pixel exceeds (l + 1) / (levels + 1); levels = 1 binarises at 0.5), so that Hamming
+  distance between codes is the L1 distance between the quantized patches; the codebook
+  is `patch_clusters` codes, k-means centroids of the training codes thresholded at 0.5 (or all
   distinct training codes when there are fewer). A patch's key is its nearest code in Hamming
   distance (ties: the lower index), what a binary content-addressable memory returns.
 - hidden states: per glimpse, k-means of the RAM's hidden vectors into `hidden_clusters` states.
@@ -20,7 +22,7 @@ state, and its value the next hidden state (its cluster) or, at the last step, t
 
 Inference (per example, per glimpse): read the location of the current state (a table read; none at
 glimpse 0), read the patch (`glimpse` row reads of at most 64 bits), compare its code with every
-codebook key (`patch_clusters` key comparisons of `glimpse`^2 bits: XOR and popcount, no multiply),
+codebook key (`patch_clusters` key comparisons of `glimpse`^2 x `levels` bits: XOR and popcount, no multiply),
 read the transition entry (a table read). Every comparison and read is counted as it is done.
 """
 
@@ -73,13 +75,17 @@ class LookupTables:
     codes: np.ndarray  # (P,) uint64 binary patch keys
     locations: list[np.ndarray]  # per glimpse t >= 1: (states, 2) pixel centres
     transitions: list[np.ndarray]  # per glimpse: (states, P) next state, or class at the last
-    threshold: float = 0.5
+    levels: int = 1
     hidden_clusters: int = 0
     sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def glimpses(self) -> int:
         return len(self.transitions)
+
+    @property
+    def key_bits(self) -> int:
+        return self.glimpse * self.glimpse * self.levels
 
     @property
     def entries(self) -> int:
@@ -93,9 +99,20 @@ class LookupTables:
     def bytes(self) -> int:
         """Keys: ceil(bits / 8) bytes each; locations: 2 bytes (row, column); transition values:
         1 byte up to 256 states or classes, else 2."""
-        key_bytes = -(-self.glimpse * self.glimpse // 8)
+        key_bytes = -(-self.key_bits // 8)
         value_bytes = sum(t.size * (1 if t.max(initial=0) < 256 else 2) for t in self.transitions)
         return len(self.codes) * key_bytes + 2 * sum(len(t) for t in self.locations) + value_bytes
+
+
+def patch_codes(patches: np.ndarray, levels: int) -> np.ndarray:
+    """(n, pixels) patches -> (n,) uint64 thermometer codes of pixels x levels <= 64 bits: bit
+    l * pixels + i is set when pixel i exceeds (l + 1) / (levels + 1)."""
+    return binary_codes(thermometer(patches, levels), 0.5)
+
+
+def thermometer(patches: np.ndarray, levels: int) -> np.ndarray:
+    patches = np.asarray(patches)
+    return np.concatenate([patches > (level + 1) / (levels + 1) for level in range(levels)], axis=1)
 
 
 def binary_codes(patches: np.ndarray, threshold: float) -> np.ndarray:
@@ -154,16 +171,17 @@ def build_tables(
     hidden_clusters: int,
     patch_clusters: int,
     seed: int = 0,
-    threshold: float = 0.5,
+    levels: int = 1,
 ) -> LookupTables:
     """Tables that memorize what `model` computes on the training inputs `x`."""
-    if model.glimpse > 8:
+    if model.glimpse * model.glimpse * levels > 64 or levels < 1:
         raise UsageError(
-            f"lookup keys are at most 64 bits: glimpse must be <= 8, got {model.glimpse}",
+            f"lookup keys are at most 64 bits: glimpse^2 x levels must be <= 64, got glimpse "
+            f"{model.glimpse}, levels {levels}",
             field="architecture.kwargs.glimpse",
         )
     seen = trajectory(model, x)
-    codes = _codebook(seen.patches, patch_clusters, threshold, seed)
+    codes = _codebook(seen.patches, patch_clusters, levels, seed)
     start = (int(seen.pixels[0, 0, 0]), int(seen.pixels[0, 0, 1]))
     states = np.zeros(len(x), np.int64)
     locations: list[np.ndarray] = []
@@ -175,7 +193,7 @@ def build_tables(
             table = _most_frequent_rows(states, seen.pixels[t], transitions[-1].max() + 1)
             locations.append(table)
             pixels = table[states]
-        keys = nearest_key(binary_codes(read_patches(x, pixels, model.glimpse), threshold), codes)
+        keys = nearest_key(patch_codes(read_patches(x, pixels, model.glimpse), levels), codes)
         if t == model.glimpses - 1:
             targets = seen.predicted
         else:
@@ -184,7 +202,7 @@ def build_tables(
         transitions.append(table)
         states = table[states, keys]
     return LookupTables(
-        model.glimpse, start, codes, locations, transitions, threshold, hidden_clusters
+        model.glimpse, start, codes, locations, transitions, levels, hidden_clusters
     )
 
 
@@ -199,19 +217,19 @@ def lookup_inference(tables: LookupTables, x: np.ndarray) -> tuple[np.ndarray, O
         else:
             pixels = tables.locations[t - 1][states]
             counts.location_reads += n
-        query = binary_codes(read_patches(x, pixels, size), tables.threshold)
+        query = patch_codes(read_patches(x, pixels, size), tables.levels)
         counts.patch_reads += n * size
         found = nearest_key(query, tables.codes)
         counts.key_comparisons += n * keys
-        counts.bits_compared += n * keys * size * size
+        counts.bits_compared += n * keys * tables.key_bits
         states = transition[states, found]
         counts.transition_reads += n
     return states, counts
 
 
-def _codebook(patches: np.ndarray, k: int, threshold: float, seed: int) -> np.ndarray:
+def _codebook(patches: np.ndarray, k: int, levels: int, seed: int) -> np.ndarray:
     bits = patches.shape[-1]
-    binary = (patches.reshape(-1, bits) > threshold).astype(np.float64)
+    binary = thermometer(patches.reshape(-1, bits), levels).astype(np.float64)
     centroids, _ = kmeans(binary, k, seed)
     codes = np.unique(binary_codes(centroids, 0.5))
     return codes
