@@ -34,7 +34,7 @@ from memeval_plugins.mbi.energy import (
     count_macs,
     lookup_energy_pj,
 )
-from memeval_plugins.mbi.ram import RecurrentAttention
+from memeval_plugins.mbi.ram import RecurrentAttention, Trajectory, trajectory
 from memeval_plugins.mbi.tables import build_tables, lookup_inference
 
 DEFAULTS = EnergyParams().model_dump()
@@ -145,8 +145,11 @@ class MemorizationInference(Method):
         params: LookupParams = context.params
         ram, data = _ram(context.model), context.model.data()
         ram_pred = context.model.predict(data.x_test)
+        seen = trajectory(ram, data.x_train)
         rows = [
-            self._table_row(ram, data, params, c, c == params.clusters, ram_pred, context.seed)
+            self._table_row(
+                ram, data, params, c, c == params.clusters, ram_pred, context.seed, seen
+            )
             for c in _unique([params.clusters, *params.sweep])
         ]
         rows.append(_network_row("ram", ram, data.x_test, data.y_test, ram_pred, params.energy))
@@ -181,9 +184,10 @@ class MemorizationInference(Method):
         headline: bool,
         ram_pred: np.ndarray,
         seed: int,
+        seen: Trajectory,
     ) -> dict[str, Any]:
         tables = build_tables(
-            ram, data.x_train, clusters.hidden, clusters.patches, seed=seed, levels=params.levels
+            ram, data.x_train, clusters.hidden, clusters.patches, seed, params.levels, seen
         )
         pred, counts = lookup_inference(tables, data.x_test)
         per = counts.per_inference()

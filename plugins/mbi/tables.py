@@ -28,14 +28,13 @@ read the transition entry (a table read). Every comparison and read is counted a
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.cluster.vq import kmeans2, vq
+import torch
 
 from memeval.api import UsageError
-from memeval_plugins.mbi.ram import RecurrentAttention, trajectory
+from memeval_plugins.mbi.ram import RecurrentAttention, Trajectory, trajectory
 
 FIT_LIMIT = 10_000  # k-means is fitted on at most this many vectors, then every vector is assigned
 
@@ -126,11 +125,6 @@ def binary_codes(patches: np.ndarray, threshold: float) -> np.ndarray:
     )
 
 
-def code_bits(codes: np.ndarray, bits: int) -> np.ndarray:
-    """(n,) uint64 -> (n, bits) 0/1 floats (the inverse of `binary_codes` at threshold 0.5)."""
-    return ((codes[:, None] >> np.arange(bits, dtype=np.uint64)) & np.uint64(1)).astype(np.float64)
-
-
 def read_patches(images: np.ndarray, pixels: np.ndarray, size: int) -> np.ndarray:
     """(n, size * size) crops of (n, 1, H, W) images centred at `pixels` (top-left = centre - size // 2),
     zero outside: memory reads at computed addresses, no arithmetic on the pixels."""
@@ -149,20 +143,35 @@ def nearest_key(query: np.ndarray, codes: np.ndarray) -> np.ndarray:
 
 
 def kmeans(data: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(centroids, labels): scipy's k-means++ fitted on at most FIT_LIMIT rows, every row assigned to
-    its nearest centroid. With at most k distinct rows, the distinct rows are the centroids."""
+    """(centroids, labels): scikit-learn's k-means (k-means++ start, one run) fitted on at most
+    FIT_LIMIT rows drawn with `seed`, then every row assigned to its nearest centroid. With at most k
+    distinct rows in the fitted sample, the distinct rows of all the data are the centroids."""
+    from sklearn.cluster import KMeans
+
     data = np.asarray(data, dtype=np.float64)
-    distinct = np.unique(data, axis=0)
-    if len(distinct) <= k:
-        return distinct, vq(data, distinct)[0]
     rng = np.random.default_rng(seed)
     fit = data if len(data) <= FIT_LIMIT else data[rng.choice(len(data), FIT_LIMIT, replace=False)]
-    with warnings.catch_warnings():
-        warnings.simplefilter(
-            "ignore"
-        )  # an empty cluster is kept (it just holds no training example)
-        centroids, _ = kmeans2(fit, k, iter=20, minit="++", seed=rng)
-    return centroids, vq(data, centroids)[0]
+    if len(np.unique(fit, axis=0)) <= k:
+        distinct = np.unique(data, axis=0)
+        if len(distinct) <= k:
+            return distinct, _nearest(data, distinct)
+    model = KMeans(k, init="k-means++", n_init=1, max_iter=50, random_state=int(seed)).fit(fit)
+    return model.cluster_centers_, _nearest(data, model.cluster_centers_)
+
+
+def _nearest(data: np.ndarray, centroids: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Index of the nearest centroid (squared Euclidean distance) of every row."""
+    norms = (centroids**2).sum(axis=1)
+    return (
+        np.concatenate(
+            [
+                (norms[None, :] - 2 * data[i : i + chunk] @ centroids.T).argmin(axis=1)
+                for i in range(0, len(data), chunk)
+            ]
+        )
+        if len(data)
+        else np.zeros(0, np.int64)
+    )
 
 
 def build_tables(
@@ -172,38 +181,51 @@ def build_tables(
     patch_clusters: int,
     seed: int = 0,
     levels: int = 1,
+    seen: Trajectory | None = None,
 ) -> LookupTables:
-    """Tables that memorize what `model` computes on the training inputs `x`."""
+    """Tables that memorize what `model` computes on the training inputs `x` (`seen`: its
+    trajectory on `x`, when already computed)."""
     if model.glimpse * model.glimpse * levels > 64 or levels < 1:
         raise UsageError(
             f"lookup keys are at most 64 bits: glimpse^2 x levels must be <= 64, got glimpse "
             f"{model.glimpse}, levels {levels}",
             field="architecture.kwargs.glimpse",
         )
-    seen = trajectory(model, x)
+    seen = seen if seen is not None else trajectory(model, x)
     codes = _codebook(seen.patches, patch_clusters, levels, seed)
     start = (int(seen.pixels[0, 0, 0]), int(seen.pixels[0, 0, 1]))
     states = np.zeros(len(x), np.int64)
+    previous = np.zeros((1, model.hidden))
     locations: list[np.ndarray] = []
     transitions: list[np.ndarray] = []
     for t in range(model.glimpses):
         if t == 0:
-            pixels = np.broadcast_to(np.asarray(start), (len(x), 2))
+            where = np.asarray([start])
         else:
-            table = _most_frequent_rows(states, seen.pixels[t], transitions[-1].max() + 1)
-            locations.append(table)
-            pixels = table[states]
-        keys = nearest_key(patch_codes(read_patches(x, pixels, model.glimpse), levels), codes)
+            # a state no training example is in looks where the RAM's policy sends its centroid
+            where = _most_frequent_rows(
+                states, seen.pixels[t], _computed_locations(model, previous)
+            )
+            locations.append(where)
+        keys = nearest_key(
+            patch_codes(read_patches(x, where[states], model.glimpse), levels), codes
+        )
         if t == model.glimpses - 1:
-            targets = seen.predicted
+            targets, centroids = seen.predicted, None
         else:
-            targets = kmeans(seen.hidden[t], hidden_clusters, seed + t)[1]
-        table = _vote(states, keys, targets, int(states.max()) + 1, codes)
+            centroids, targets = kmeans(seen.hidden[t], hidden_clusters, seed + t)
+        table = _vote(states, keys, targets, len(previous), codes)
         transitions.append(table)
         states = table[states, keys]
+        previous = centroids
     return LookupTables(
         model.glimpse, start, codes, locations, transitions, levels, hidden_clusters
     )
+
+
+@torch.inference_mode()
+def _computed_locations(model: RecurrentAttention, centroids: np.ndarray) -> np.ndarray:
+    return model.pixels(model.locate(torch.tensor(centroids, dtype=torch.float32))).numpy()
 
 
 def lookup_inference(tables: LookupTables, x: np.ndarray) -> tuple[np.ndarray, OpCounts]:
@@ -229,16 +251,24 @@ def lookup_inference(tables: LookupTables, x: np.ndarray) -> tuple[np.ndarray, O
 
 def _codebook(patches: np.ndarray, k: int, levels: int, seed: int) -> np.ndarray:
     bits = patches.shape[-1]
-    binary = thermometer(patches.reshape(-1, bits), levels).astype(np.float64)
-    centroids, _ = kmeans(binary, k, seed)
-    codes = np.unique(binary_codes(centroids, 0.5))
-    return codes
+    binary = thermometer(patches.reshape(-1, bits), levels)
+    distinct = np.unique(binary_codes(binary, 0.5))
+    if len(distinct) <= k:  # every code seen in training is a key
+        return distinct
+    rng = np.random.default_rng(seed)
+    fit = (
+        binary
+        if len(binary) <= FIT_LIMIT
+        else binary[rng.choice(len(binary), FIT_LIMIT, replace=False)]
+    )
+    centroids, _ = kmeans(fit.astype(np.float64), k, seed)
+    return np.unique(binary_codes(centroids, 0.5))
 
 
-def _most_frequent_rows(groups: np.ndarray, rows: np.ndarray, count: int) -> np.ndarray:
-    """Per group 0..count-1, its most frequent row of `rows` (ties: the smallest); (0, 0) if empty."""
-    out = np.zeros((count, rows.shape[1]), np.int64)
-    for g in range(count):
+def _most_frequent_rows(groups: np.ndarray, rows: np.ndarray, default: np.ndarray) -> np.ndarray:
+    """Per group, its most frequent row of `rows` (ties: the smallest); `default`'s row if empty."""
+    out = default.copy()
+    for g in range(len(default)):
         members = rows[groups == g]
         if len(members):
             values, freq = np.unique(members, axis=0, return_counts=True)
@@ -247,7 +277,11 @@ def _most_frequent_rows(groups: np.ndarray, rows: np.ndarray, count: int) -> np.
 
 
 def _vote(
-    states: np.ndarray, keys: np.ndarray, targets: np.ndarray, count: int, codes: np.ndarray
+    states: np.ndarray,
+    keys: np.ndarray,
+    targets: np.ndarray,
+    count: int,
+    codes: np.ndarray,
 ) -> np.ndarray:
     """(count, len(codes)) table: the most frequent target of each (state, key) seen (ties: the
     smallest), unseen keys filled from the nearest seen code of the same state."""
