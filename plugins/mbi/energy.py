@@ -45,15 +45,25 @@ PAPER_RATIOS = {"mlp_cim_over_mbi": 2.7, "cnn_cim_over_mbi": 83.0}
 
 class EnergyParams(Strict):
     cam_search_fj_per_bit: float = Field(
-        2.89, gt=0, description="key comparison energy per bit (fJ)"
+        2.89,
+        gt=0,
+        description="key comparison energy per bit per stored key (fJ; Pagiamtzis & Sheikholeslami, JSSC 2004)",
     )
-    sram_read_pj: float = Field(10.0, gt=0, description="energy of one table or image read (pJ)")
-    digital_mac_pj: float = Field(4.6, gt=0, description="digital fp32 multiply-accumulate (pJ)")
+    sram_read_pj: float = Field(
+        10.0,
+        gt=0,
+        description="energy of one table or image read (pJ; Horowitz, ISSCC 2014: 8 KB SRAM, 64 bits)",
+    )
+    digital_mac_pj: float = Field(
+        4.6, gt=0, description="digital fp32 multiply-accumulate (pJ; Horowitz, ISSCC 2014, 45 nm)"
+    )
     digital_int8_mac_pj: float = Field(
-        0.23, gt=0, description="digital int8 multiply-accumulate (pJ)"
+        0.23, gt=0, description="digital int8 multiply-accumulate (pJ; Horowitz, ISSCC 2014, 45 nm)"
     )
     cim_mac_fj: float = Field(
-        2 / 351e12 * 1e15, gt=0, description="compute-in-memory multiply-accumulate (fJ)"
+        2 / 351e12 * 1e15,
+        gt=0,
+        description="compute-in-memory multiply-accumulate (fJ; Sinangil et al., JSSC 2021: 351 TOPS/W, 2 ops per MAC)",
     )
 
 

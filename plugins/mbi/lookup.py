@@ -67,16 +67,16 @@ class LookupParams(Params):
     )
     energy: EnergyParams = Field(
         default_factory=EnergyParams,
-        description="energy constants (see the table in memeval_plugins.mbi.energy)",
+        description="energy constants (defaults and their sources: the mbi plugin's energy module)",
     )
 
 
 class MemorizationInference(Method):
     """Memorization-based inference of a trained recurrent attention model (RAM).
 
-    The model must be a `classifier` with the RAM architecture (`memeval_plugins.mbi.ram:ram`,
+    The model must be a `classifier` with the RAM architecture (the plugin's `ram` factory,
     trainer `ram`). Tables are built from the RAM's computation over its training set (patch keys and
-    hidden states quantized by k-means, see `memeval_plugins.mbi.tables`); inference on the test set
+    hidden states quantized by k-means, see the plugin's tables module); inference on the test set
     then only compares keys and reads tables, each operation counted. Per table size it reports the
     test accuracy, entries, bytes, lookups and energy per inference; for the `clusters` table also
     the RAM's own accuracy and energy (its MACs counted by forward hooks), those of the `mlp` and
