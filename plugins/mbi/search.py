@@ -4,6 +4,7 @@ glimpses and cluster counts for memorization-based inference, trading accuracy a
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,9 @@ class SearchParams(Params):
     levels: int = Field(
         1, ge=1, le=64, description="bits per pixel of the patch keys (thermometer code)"
     )
+    train_limit: int | None = Field(
+        None, ge=10, description="search on the first N training examples only (none: all of them)"
+    )
     validation: float = Field(
         0.2, gt=0, lt=1, description="share of the training set held out to score trials"
     )
@@ -76,10 +80,10 @@ class LookupSearch(Method):
     """Bayesian optimization (Optuna TPE, seeded) of the MBI settings of a RAM classifier.
 
     Each trial trains a RAM like the suite's model (its source, architecture settings and optimizer)
-    with the trial's glimpse size and number of glimpses on the training set less a held-out
-    validation share, builds its tables with the trial's cluster counts, and scores validation
-    accuracy - `size_weight` x log2(table bytes). RAMs are kept across trials with the same glimpse
-    settings. Records: one per trial (its settings, validation and test accuracy of lookup inference
+    with the trial's glimpse size and number of glimpses on the training set (its first
+    `train_limit` examples, if set) less a held-out validation share, builds its tables with the
+    trial's cluster counts, and scores validation accuracy - `size_weight` x log2(table bytes).
+    RAMs are kept across trials with the same glimpse settings. Records: one per trial (its settings, validation and test accuracy of lookup inference
     and of the RAM, table entries and bytes, lookups). Metrics: the best trial's."""
 
     name = "mbi.search"
@@ -130,6 +134,12 @@ class LookupSearch(Method):
                 field="model",
             )
         data = context.model.data()
+        if params.train_limit is not None:
+            data = replace(
+                data,
+                x_train=data.x_train[: params.train_limit],
+                y_train=data.y_train[: params.train_limit],
+            )
         cut = int(round(len(data.y_train) * (1 - params.validation)))
         optimizer = OptimizerParams(
             **{

@@ -256,7 +256,7 @@ evaluations:
     method: mbi.search
     model: ram
     params: {trials: 3, glimpse: [3, 4], glimpses: [2, 3], hidden_clusters: [4, 16], patch_clusters: [4, 16],
-             epochs: 3}
+             epochs: 3, train_limit: 700}
 report: {formats: [json, html]}
 """
 
