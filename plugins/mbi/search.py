@@ -83,8 +83,9 @@ class LookupSearch(Method):
     with the trial's glimpse size and number of glimpses on the training set (its first
     `train_limit` examples, if set) less a held-out validation share, builds its tables with the
     trial's cluster counts, and scores validation accuracy - `size_weight` x log2(table bytes).
-    RAMs are kept across trials with the same glimpse settings. Records: one per trial (its settings, validation and test accuracy of lookup inference
-    and of the RAM, table entries and bytes, lookups). Metrics: the best trial's."""
+    RAMs are kept across trials with the same glimpse settings. Records: one per trial (its
+    settings, validation and test accuracy of lookup inference and of the RAM, table entries and
+    bytes, lookups). Metrics: the best trial's."""
 
     name = "mbi.search"
     summary = "Optuna (TPE) search of glimpse size, glimpses and cluster counts: MBI accuracy against table size"
