@@ -78,7 +78,8 @@ class MemorizationInference(Method):
     trainer `ram`). Tables are built from the RAM's computation over its training set (patch keys and
     hidden states quantized by k-means, see the plugin's tables module); inference on the test set
     then only compares keys and reads tables, each operation counted. Per table size it reports the
-    test accuracy, entries, bytes, lookups and energy per inference; for the `clusters` table also
+    test accuracy, the training accuracy (how well the tables memorize the set they were built
+    from), entries, bytes, lookups and energy per inference; for the `clusters` table also
     the RAM's own accuracy and energy (its MACs counted by forward hooks), those of the `mlp` and
     `cnn` baselines, and the energy ratios the MBI paper reports (about 2.7x against an MLP and 83x
     against ResNet-20, both on compute-in-memory). Records: one per table size (`kind: table`) and
@@ -99,6 +100,11 @@ class MemorizationInference(Method):
         MetricSpec("mlp_accuracy", "test accuracy of the MLP baseline", None),
         MetricSpec("cnn_accuracy", "test accuracy of the CNN baseline", None),
         MetricSpec("accuracy_gap", "RAM accuracy minus MBI accuracy", None),
+        MetricSpec(
+            "mbi_train_accuracy",
+            "accuracy of lookup inference on the training set the tables were built from",
+            True,
+        ),
         MetricSpec(
             "ram_agreement", "share of test examples where MBI predicts the RAM's class", None
         ),
@@ -131,6 +137,8 @@ class MemorizationInference(Method):
         "correct": "test examples classified correctly",
         "total": "test examples",
         "accuracy": "correct / total",
+        "train_correct": "table: training examples classified correctly by lookups",
+        "train_total": "table: training examples",
         "ram_agreement": "table: share predicting the RAM's class",
         "entries": "table entries",
         "bytes": "table bytes",
@@ -190,6 +198,7 @@ class MemorizationInference(Method):
             ram, data.x_train, clusters.hidden, clusters.patches, seed, params.levels, seen
         )
         pred, counts = lookup_inference(tables, data.x_test)
+        train_pred, _ = lookup_inference(tables, data.x_train)
         per = counts.per_inference()
         return {
             "id": f"table-{clusters.hidden}x{clusters.patches}",
@@ -202,6 +211,8 @@ class MemorizationInference(Method):
             "total": len(pred),
             "accuracy": float((pred == data.y_test).mean()),
             "ram_agreement": float((pred == ram_pred).mean()),
+            "train_correct": int((train_pred == data.y_train).sum()),
+            "train_total": len(train_pred),
             "entries": tables.entries,
             "bytes": tables.bytes,
             "key_comparisons": per["key_comparisons"],
@@ -216,7 +227,10 @@ class MemorizationInference(Method):
     def reduce(self, records: list[dict[str, Any]], context: Context) -> list[Metric]:
         table = next(r for r in records if r["kind"] == "table" and r["headline"])
         networks = {r["name"]: r for r in records if r["kind"] == "network"}
-        metrics = [rate_metric("mbi_accuracy", table["correct"], table["total"])]
+        metrics = [
+            rate_metric("mbi_accuracy", table["correct"], table["total"]),
+            rate_metric("mbi_train_accuracy", table["train_correct"], table["train_total"]),
+        ]
         metrics += [
             rate_metric(f"{n}_accuracy", r["correct"], r["total"]) for n, r in networks.items()
         ]
@@ -288,6 +302,7 @@ class MemorizationInference(Method):
                     "bytes",
                     "lookups / inference",
                     "test accuracy",
+                    "training accuracy",
                     "agrees with RAM",
                     "energy (pJ)",
                 ],
@@ -298,6 +313,7 @@ class MemorizationInference(Method):
                         r["bytes"],
                         round(r["lookups"], 1),
                         round(r["accuracy"], 4),
+                        round(r["train_correct"] / max(r["train_total"], 1), 4),
                         round(r["ram_agreement"], 4),
                         round(r["energy_pj"], 2),
                     ]

@@ -304,6 +304,8 @@ def test_lookup_metrics_equal_recomputation_from_the_stored_networks(mbi_run):
     tables = build_tables(net, data.x_train, 16, 16, seed=0)
     pred, counts = lookup_inference(tables, data.x_test)
     assert metrics["mbi_accuracy"] == pytest.approx((pred == data.y_test).mean())
+    train_pred, _ = lookup_inference(tables, data.x_train)
+    assert metrics["mbi_train_accuracy"] == pytest.approx((train_pred == data.y_train).mean())
     assert metrics["ram_accuracy"] == pytest.approx(
         (models["ram"].predict(data.x_test) == data.y_test).mean()
     )
