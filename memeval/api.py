@@ -69,7 +69,16 @@ from memeval.train.metrics import Curves, LabelSet
 from memeval.train.metrics import curves as training_curves
 from memeval.train.metrics import final_counts as training_final_counts
 from memeval.train.metrics import records as training_records
-from memeval.train.trainers import Trainer, TrainingLog, TrainingRun, TrainJob, TrainResult
+from memeval.train.trainers import (
+    OptimizerParams,
+    TrainData,
+    Trainer,
+    TrainingLog,
+    TrainingRun,
+    TrainJob,
+    TrainResult,
+)
+from memeval.train.trainers import predict as predict_logits
 
 __all__ = [
     "DEFAULT_LEVEL", "DEFAULT_RESAMPLES", "TOP_N", "Block", "CausalLM", "Cell", "ComparedSample", "Comparison",
@@ -82,8 +91,8 @@ __all__ = [
     "stratified_bootstrap_ci", "tpr_at_fpr", "tpr_at_fpr_statistic",
     # training experiments (classifier models): the log, the labels, and what they measure
     "Curves", "LabelSet", "Trainer", "TrainingLog", "training_curves", "training_final_counts", "training_records",
-    # writing a trainer: the job it gets, the bookkeeping every trainer shares, what it returns
-    "TrainJob", "TrainResult", "TrainingRun",
     # a grid of numbers coloured by value (e.g. the arithmetic ERD map)
     "HeatMap",
+    # writing a trainer (e.g. the mbi plugin's RAM trainer)
+    "OptimizerParams", "TrainData", "TrainJob", "TrainResult", "TrainingRun", "predict_logits",
 ]
