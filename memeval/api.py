@@ -62,6 +62,13 @@ from memeval.stats import (
 )
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
+from memeval.train.architectures import (
+    ArchitectureParams,
+    CNNArchitecture,
+    FactoryArchitecture,
+    MLPArchitecture,
+)
+from memeval.train.architectures import build_model as build_architecture
 from memeval.train.metrics import Curves, LabelSet
 from memeval.train.metrics import curves as training_curves
 from memeval.train.metrics import final_counts as training_final_counts
@@ -79,4 +86,6 @@ __all__ = [
     "stratified_bootstrap_ci", "tpr_at_fpr", "tpr_at_fpr_statistic",
     # training experiments (classifier models): the log, the labels, and what they measure
     "Curves", "LabelSet", "Trainer", "TrainingLog", "training_curves", "training_final_counts", "training_records",
+    # torch module factories: the built-in MLP and CNN, or any `package.module:callable`
+    "ArchitectureParams", "CNNArchitecture", "FactoryArchitecture", "MLPArchitecture", "build_architecture",
 ]
