@@ -15,13 +15,14 @@ from memeval.api import Strict, UsageError
 
 
 class ErdosRenyi(Strict):
-    kind: Literal["erdos-renyi"] = "erdos-renyi"
+    kind: Literal["erdos-renyi"] = Field("erdos-renyi", description="an Erdős-Rényi G(n, p) random graph")
     agents: int = Field(100, ge=2, description="number of agents (nodes)")
     p: float = Field(0.1, gt=0, le=1, description="probability of each edge")
 
 
 class BarabasiAlbert(Strict):
-    kind: Literal["barabasi-albert"] = "barabasi-albert"
+    kind: Literal["barabasi-albert"] = Field("barabasi-albert", description="a Barabási-Albert preferential-"
+                                                                          "attachment graph")
     agents: int = Field(100, ge=3, description="number of agents (nodes)")
     m: int = Field(2, ge=1, description="edges each new node attaches with")
 
@@ -33,13 +34,13 @@ class BarabasiAlbert(Strict):
 
 
 class GraphFile(Strict):
-    kind: Literal["file"] = "file"
+    kind: Literal["file"] = Field("file", description="a graph read from a file by networkx")
     path: str = Field(description="an edge list (one 'u v' pair a line), .graphml, .gml or .adjlist; "
                                   "relative to the suite file")
 
 
 class Edgeless(Strict):
-    kind: Literal["edgeless"] = "edgeless"
+    kind: Literal["edgeless"] = Field("edgeless", description="isolated agents, no edges")
     agents: int = Field(100, ge=1, description="number of isolated agents")
 
 
