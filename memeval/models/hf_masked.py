@@ -15,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from memeval.cache import output_key
 from memeval.errors import UsageError
 from memeval.models.base import AdapterContext, ModelAdapter
 from memeval.models.hf_causal import WEIGHT_AND_CONFIG_FILES
@@ -33,14 +34,19 @@ class HFMaskedParams(Strict):
 
 @dataclass
 class ForwardCounter:
-    rows: int = 0     # sequences passed through the model (one per masked position)
-    batches: int = 0  # forward calls
+    rows: int = 0        # sequences passed through the model (one per masked position)
+    batches: int = 0     # forward calls
+    cache_hits: int = 0  # sequences whose ranks came from the output cache
 
 
 class MaskedLM(ModelAdapter):
     """A masked language model: tokenize, rank the true token at masked positions, features."""
 
     capabilities = frozenset({"masked"})
+
+    def __init__(self, params: Any, context: AdapterContext):
+        super().__init__(params, context)
+        self.counter = ForwardCounter()  # what `masked_ranks` computed, for methods to report
 
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
         raise NotImplementedError
@@ -72,11 +78,16 @@ class HFMasked(MaskedLM):
         if not location.is_dir():
             raise UsageError(f"masked LM directory {str(location)!r} does not exist")
         self.location = str(location.resolve())
-        self.counter = ForwardCounter()
         self._tokenizer: Any = None
         self._model: Any = None
+        self._identity: dict[str, Any] | None = None
 
     def identity(self) -> dict[str, Any]:
+        if self._identity is None:
+            self._identity = self._own_identity()
+        return self._identity
+
+    def _own_identity(self) -> dict[str, Any]:
         root = Path(self.location)
         files = sorted({f for pattern in WEIGHT_AND_CONFIG_FILES for f in root.glob(pattern)
                         if f.is_file() and f.name != "recipe.json"})
@@ -126,6 +137,24 @@ class HFMasked(MaskedLM):
 
     def masked_ranks(self, sequences: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
                      ) -> list[np.ndarray]:
+        """Ranks from the output cache where it has them (keyed by model, tokens and positions);
+        the rest computed, one forward row per masked position, and stored."""
+        cache = self.context.cache
+        keys = [output_key(self.identity_key, "masked-ranks", {"positions": list(map(int, where))}, ids)
+                for ids, where in zip(sequences, positions, strict=True)]
+        found = cache.get_many(keys)
+        missing = [i for i, key in enumerate(keys) if key not in found]
+        cache.require(len(missing), "masked-LM rank lists")
+        self.counter.cache_hits += len(keys) - len(missing)
+        computed = self._compute_ranks([sequences[i] for i in missing], [positions[i] for i in missing])
+        cache.put_many(self.identity_key, "masked-ranks",
+                       [(keys[i], ranks.astype(np.int64).tobytes()) for i, ranks in zip(missing, computed, strict=True)])
+        fresh = dict(zip(missing, computed, strict=True))
+        return [fresh[i] if i in fresh else np.frombuffer(found[keys[i]], dtype=np.int64).copy()
+                for i in range(len(keys))]
+
+    def _compute_ranks(self, sequences: Sequence[Sequence[int]], positions: Sequence[Sequence[int]]
+                       ) -> list[np.ndarray]:
         rows = [(s, p) for s, where in enumerate(positions) for p in where]
         ranks = np.empty(len(rows), dtype=np.int64)
         for start in range(0, len(rows), self.params.batch_size):

@@ -104,6 +104,9 @@ def test_one_forward_pass_per_token(precog_run):
     positions = [[i for i, s in enumerate(model.special_mask(row)) if not s] for row in ids]
     model.masked_ranks(ids, positions)
     assert model.counter.rows == 40 and model.counter.batches == 6  # ceil(40 / 7)
+    again = model.masked_ranks(ids, positions)  # now from the output cache: no forward pass
+    assert model.counter.rows == 40 and model.counter.cache_hits == 5
+    assert [list(r) for r in again] == [records["probe"][i]["ranks"] for i in range(5)]
 
 
 def test_ranks_agree_with_the_fill_mask_pipeline(precog_run):
@@ -164,8 +167,12 @@ def test_the_hf_masked_adapter_loads_the_same_model_from_its_directory(precog_ru
       - {{id: planted, method: precog.score, model: mlm, dataset: downstream, params: {{k: 2, ks: [2]}}}}
     report: {{formats: [json, html]}}
     """
-    code, _, again = _run(root, suite, "path")
+    code, evaluations, again = _run(root, suite, "path")
     assert code == 0
+    assert evaluations["planted"]["artifacts"]["forward_passes"] == 8 * len(again["planted"])  # another model id
+    code, evaluations, warm = _run(root, suite, "path")  # the same model again: every rank from the cache
+    assert evaluations["planted"]["artifacts"]["forward_passes"] == 0
+    assert [r["ranks"] for r in warm["planted"]] == [r["ranks"] for r in again["planted"]]
     assert [r["ranks"] for r in again["planted"]] == [r["ranks"] for r in records["planted"]]
     page = (root / "path" / "report.html").read_text()
     assert 'data-plugin-section="PreCog"' in page and "Mean PreCog@k against k" in page
@@ -188,3 +195,13 @@ def test_bad_params_are_usage_errors(precog_run, capsys, params, message):
     capsys.readouterr()
     code = main(["run", str(root / "bad.yaml"), "--out", str(root / "bad"), "--cache-dir", str(root / "c")])
     assert code == 4 and message in capsys.readouterr().err
+
+
+def test_the_shipped_precog_data_is_what_its_generator_writes(tmp_path):
+    make_precog.write(tmp_path)
+    for name in ("corpus.jsonl", "downstream.jsonl"):
+        assert (tmp_path / name).read_text() == (REPO / "suites/data/precog" / name).read_text()
+    downstream = [json.loads(line) for line in (tmp_path / "downstream.jsonl").open()]
+    corpus = [json.loads(line)["text"] for line in (tmp_path / "corpus.jsonl").open()]
+    for row in downstream:  # each example appears in the pre-training corpus exactly `exposure` times
+        assert corpus.count(row["text"]) == row["exposure"]
