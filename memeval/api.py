@@ -57,6 +57,7 @@ from memeval.stats import (
     roc_curve,
     roc_metric,
     stratified_bootstrap_ci,
+    stratified_folds,
     tpr_at_fpr,
     tpr_at_fpr_statistic,
 )
@@ -88,4 +89,5 @@ __all__ = [
     "Curves", "LabelSet", "Trainer", "TrainingLog", "training_curves", "training_final_counts", "training_records",
     # torch module factories: the built-in MLP and CNN, or any `package.module:callable`
     "ArchitectureParams", "CNNArchitecture", "FactoryArchitecture", "MLPArchitecture", "build_architecture",
+    "stratified_folds",
 ]

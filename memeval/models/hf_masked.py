@@ -65,6 +65,12 @@ class MaskedLM(ModelAdapter):
         """Mean-pooled last hidden states, one row per text."""
         raise NotImplementedError
 
+    def fine_tuned_predictions(self, texts: Sequence[str], labels: np.ndarray, folds: np.ndarray, epochs: int,
+                               learning_rate: float, seed: int) -> np.ndarray:
+        """Out-of-fold binary predictions: for each fold, a copy of this model fine-tuned as a
+        sequence classifier on the other folds predicts that fold."""
+        raise NotImplementedError
+
 
 class HFMasked(MaskedLM):
     name = "hf-masked"
@@ -195,6 +201,48 @@ class HFMasked(MaskedLM):
             weights = mask[..., None].float()
             out.append(((hidden * weights).sum(1) / weights.sum(1)).numpy())
         return np.concatenate(out) if out else np.zeros((0, 0))
+
+    def fine_tuned_predictions(self, texts: Sequence[str], labels: np.ndarray, folds: np.ndarray, epochs: int,
+                               learning_rate: float, seed: int) -> np.ndarray:
+        import torch
+        from transformers import AutoModelForSequenceClassification
+        from transformers.utils import logging
+
+        encoded = self.tokenize(texts)
+        target = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        predictions = np.zeros(len(encoded), dtype=bool)
+        verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+        logging.set_verbosity_error()  # "newly initialized classifier weights" is the point here
+        logging.disable_progress_bar()  # one weight-loading bar per fold
+        try:
+            with TorchThreads(self.params.threads):
+                for fold in np.unique(folds):
+                    torch.manual_seed(seed * 1000 + int(fold))
+                    model = AutoModelForSequenceClassification.from_pretrained(
+                        self.location, num_labels=2, trust_remote_code=self.params.trust_remote_code)
+                    train = np.flatnonzero(folds != fold)
+                    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+                    rng = np.random.default_rng([seed, int(fold)])
+                    model.train()
+                    for _ in range(epochs):
+                        order = rng.permutation(train)
+                        for start in range(0, order.size, self.params.batch_size):
+                            rows = order[start:start + self.params.batch_size]
+                            ids, mask = self._pad([encoded[i] for i in rows])
+                            loss = model(input_ids=ids, attention_mask=mask, labels=target[rows]).loss
+                            optimizer.zero_grad(set_to_none=True)
+                            loss.backward()
+                            optimizer.step()
+                    model.eval()
+                    test = np.flatnonzero(folds == fold)
+                    with torch.no_grad():
+                        ids, mask = self._pad([encoded[i] for i in test])
+                        predictions[test] = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).numpy() == 1
+        finally:
+            logging.set_verbosity(verbosity)
+            if bars:
+                logging.enable_progress_bar()
+        return predictions
 
     def _pad(self, sequences: Sequence[Sequence[int]]) -> tuple[Any, Any]:
         import torch

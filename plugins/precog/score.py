@@ -21,14 +21,21 @@ from memeval.api import (
     Sample,
     Section,
     Series,
+    Strict,
     Table,
     UsageError,
     cross_validated_scores,
     histogram_of,
     mean_metric,
     rate_metric,
+    stratified_folds,
 )
 from memeval_plugins.precog.analysis import bucket_accuracy, spearman_ci
+
+
+class FineTuneParams(Strict):
+    epochs: int = Field(20, ge=1, description="passes over the training folds")
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate")
 
 
 class PreCogParams(Params):
@@ -41,8 +48,11 @@ class PreCogParams(Params):
                                                         "the example right (true/false or 1/0)")
     label_field: str | None = Field(None, description="instead: a binary label field; correctness is then that "
                                                       "of a cross-validated logistic-regression probe on the "
-                                                      "masked LM's mean-pooled features")
-    folds: int = Field(5, ge=2, description="probe only: cross-validation folds")
+                                                      "masked LM's mean-pooled features, or with `fine_tune` of "
+                                                      "the masked LM fine-tuned as a classifier (out of fold)")
+    fine_tune: FineTuneParams | None = Field(None, description="with label_field: fine-tune a copy of the masked "
+                                                               "LM per fold instead of fitting a probe")
+    folds: int = Field(5, ge=2, description="with label_field: cross-validation folds")
     group_field: str | None = Field(None, description="dataset field to average PreCog by (e.g. exposure)")
 
     @field_validator("ks")
@@ -64,6 +74,8 @@ class PreCogParams(Params):
     def _one_correctness(self) -> PreCogParams:
         if self.correct_field and self.label_field:
             raise ValueError("set at most one of correct_field and label_field")
+        if self.fine_tune and not self.label_field:
+            raise ValueError("fine_tune needs label_field (the labels to fine-tune on)")
         return self
 
 
@@ -81,8 +93,8 @@ class PreCog(Method):
     masked LM recovers when each is masked on its own. For every non-special token of the example
     one forward pass is run with that token masked; PreCog@k is the share whose true token ranks in
     the top k (the rank counts the vocabulary tokens scoring strictly higher). Then, with the
-    downstream model's correctness (a dataset field, or a cross-validated linear probe on the
-    masked LM's features), accuracy per PreCog bucket (Clopper-Pearson CIs) and Spearman's
+    downstream model's correctness (a dataset field; or, from a binary label, the out-of-fold
+    predictions of the masked LM fine-tuned as a classifier, or of a linear probe on its features), accuracy per PreCog bucket (Clopper-Pearson CIs) and Spearman's
     correlation between PreCog@k and correctness (bootstrap CI).
     """
 
@@ -135,9 +147,16 @@ class PreCog(Method):
             raise UsageError(f"label_field {p.label_field!r}: the probe needs exactly two labels, found "
                              f"{len(values)} ({', '.join(values[:5])})")
         positive = np.array([str(v) == values[1] for v in labels])
-        features = context.model.features([_text(s) for s in samples])
-        scores = cross_validated_scores(features, positive, n_folds=p.folds, seed=context.seed)
-        return [bool(v) for v in (scores > 0) == positive]
+        texts = [_text(s) for s in samples]
+        if p.fine_tune:
+            folds = stratified_folds(positive, p.folds, seed=context.seed)
+            predicted = context.model.fine_tuned_predictions(texts, positive, folds, p.fine_tune.epochs,
+                                                             p.fine_tune.learning_rate, context.seed)
+        else:
+            scores = cross_validated_scores(context.model.features(texts), positive, n_folds=p.folds,
+                                            seed=context.seed)
+            predicted = scores > 0
+        return [bool(v) for v in predicted == positive]
 
     def size(self, unit: Unit) -> int:
         return len(unit.ids)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import textwrap
 
 import numpy as np
@@ -24,6 +25,7 @@ seed: 0
 datasets:
   corpus: {loader: jsonl, path: corpus.jsonl}
   downstream: {loader: jsonl, path: downstream.jsonl, id_field: id}
+  topics: {loader: jsonl, path: topics.jsonl, id_field: id}
 models:
   mlm:
     adapter: masked-recipe
@@ -42,6 +44,16 @@ evaluations:
     model: mlm
     dataset: downstream
     params: {k: 2, ks: [2], correct_field: planted, buckets: [0, 0.5, 0.9, 1]}
+  - id: finetuned
+    method: precog.score
+    model: mlm
+    dataset: topics
+    params: {label_field: topic, fine_tune: {epochs: 10, learning_rate: 0.003}, folds: 4}
+  - id: coin
+    method: precog.score
+    model: mlm
+    dataset: topics
+    params: {label_field: coin, fine_tune: {epochs: 10, learning_rate: 0.003}, folds: 4}
 report: {formats: [json, html]}
 """
 
@@ -67,6 +79,11 @@ def precog_run(tmp_path_factory):
         row["planted"] = bool(rng.random() < 0.3 + 0.03 * row["exposure"])
     write_jsonl(root / "corpus.jsonl", corpus)
     write_jsonl(root / "downstream.jsonl", downstream)
+    words = random.Random(1)  # 64 fresh documents, their topic, and a coin flip nothing can predict
+    write_jsonl(root / "topics.jsonl", [{"id": f"t{i}", "topic": ("animal", "tool")[i % 2],
+                                         "text": make_precog.document(words, make_precog.TOOLS if i % 2
+                                                                      else make_precog.ANIMALS),
+                                         "coin": ("heads", "tails")[int(rng.random() < 0.5)]} for i in range(64)])
     code, evaluations, records = _run(root, SUITE, "run")
     return root, code, evaluations, records, downstream
 
@@ -178,8 +195,20 @@ def test_the_hf_masked_adapter_loads_the_same_model_from_its_directory(precog_ru
     assert 'data-plugin-section="PreCog"' in page and "Mean PreCog@k against k" in page
 
 
+def test_fine_tuned_correctness_is_out_of_fold(precog_run):
+    _, _, evaluations, records, _ = precog_run
+    accuracy = {name: {m["name"]: m["value"] for m in evaluations[name]["metrics"]}["accuracy"]
+                for name in ("finetuned", "coin")}
+    assert accuracy["finetuned"] >= 0.75  # the topic is learnable from 48 examples
+    # Random labels cannot be predicted for examples the classifier was not trained on: an
+    # in-fold prediction would have memorized them.
+    assert accuracy["coin"] <= 0.65
+    assert accuracy["finetuned"] == pytest.approx(np.mean([r["correct"] for r in records["finetuned"]]))
+
+
 @pytest.mark.parametrize(("params", "message"), [
     ("{label_field: exposure}", "exactly two labels"),
+    ("{fine_tune: {epochs: 2}}", "fine_tune needs label_field"),
     ("{correct_field: nowhere}", "no field 'nowhere'"),
     ("{ks: [5, 1]}", "ks"),
     ("{correct_field: planted, label_field: label}", "at most one"),
