@@ -81,16 +81,17 @@ def _linear_owners(model: nn.Module, chosen: dict[str, nn.Parameter]) -> dict[st
 def _closed_form(model: nn.Module, x: torch.Tensor, chosen: dict[str, nn.Parameter],
                  owners: dict[str, tuple[str, str]]) -> torch.Tensor | None:
     """(A Aᵀ) ∘ (G Gᵀ) per weight, G Gᵀ per bias; None when a layer is not called exactly once on a
-    2-D input (weight sharing, sequences), where the product form does not hold."""
+    2-D input (weight sharing, sequences), where the product form does not hold, or when its output
+    is changed in place."""
     modules = dict(model.named_modules())
     inputs: dict[str, list[torch.Tensor]] = {m: [] for m, _ in owners.values()}
-    outputs: dict[str, list[torch.Tensor]] = {m: [] for m, _ in owners.values()}
+    outputs: dict[str, list[tuple[torch.Tensor, int]]] = {m: [] for m, _ in owners.values()}
 
     def hook(name: str):
         def capture(_module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
             inputs[name].append(args[0].detach())
             output.retain_grad()
-            outputs[name].append(output)
+            outputs[name].append((output, output._version))
         return capture
 
     handles = [modules[m].register_forward_hook(hook(m)) for m in inputs]
@@ -103,9 +104,13 @@ def _closed_form(model: nn.Module, x: torch.Tensor, chosen: dict[str, nn.Paramet
         model.zero_grad(set_to_none=True)
     if any(len(v) != 1 or v[0].dim() != 2 for v in inputs.values()):
         return None
+    # An in-place op after the layer (ReLU(inplace=True)) leaves no gradient at its true output.
+    captured = [calls[0] for calls in outputs.values()]
+    if any(out._version != version or out.grad is None for out, version in captured):
+        return None
     kernel = torch.zeros(x.shape[0], x.shape[0], dtype=torch.float64)
     for module, leaf in owners.values():
-        grad = outputs[module][0].grad.to(torch.float64)
+        grad = outputs[module][0][0].grad.to(torch.float64)
         grad_gram = grad @ grad.T
         if leaf == "weight":
             a = inputs[module][0].to(torch.float64)

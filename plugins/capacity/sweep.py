@@ -49,6 +49,8 @@ class NTKParams(Params):
                                             description="fit N random ±1 labels per cell; null: skip")
     tolerance: float = Field(1e-8, gt=0, description="normalized smallest eigenvalue above which K counts "
                                                      "as full rank")
+    jacobian_memory_mb: int = Field(256, ge=1, description="per-sample Jacobian rows held at once where no "
+                                                           "closed form applies (more: recomputed in blocks)")
     threads: int = Field(1, ge=1, description="torch CPU threads")
 
     @field_validator("widths", "samples")
@@ -123,7 +125,7 @@ class NTKCapacity(Method):
         x = sphere(cell.n, shape, data_seed)
         model = build_network(p.architecture, cell.width, shape, p.width_param, _seed(seed, cell.repeat, cell.n,
                                                                                         cell.width))
-        gram = ntk_gram(model, x, p.block)
+        gram = ntk_gram(model, x, p.block, budget=p.jacobian_memory_mb * 2**20)
         eigenvalues = np.linalg.eigvalsh(gram.kernel.numpy())
         mean = float(eigenvalues.mean())
         total = sum(q.numel() for q in model.parameters())

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from memeval.api import MLPArchitecture, build_architecture
+from memeval.api import FactoryArchitecture, MLPArchitecture, build_architecture
 from memeval_plugins.capacity.networks import DeepFC, build_network, sphere
 from memeval_plugins.capacity.ntk import ntk_gram
 
@@ -20,6 +20,11 @@ def conv_net(input_shape, num_classes, width=4):
     """A factory whose parameters are not all Linear's: its NTK comes from per-sample Jacobians."""
     return nn.Sequential(nn.Unflatten(1, (1, input_shape[0])), nn.Conv1d(1, width, 3), nn.Tanh(), nn.Flatten(),
                          nn.Linear(width * (input_shape[0] - 2), num_classes))
+
+
+def inplace_relu(input_shape, num_classes, width=4):
+    """Its ReLU overwrites the first layer's output: the closed form must not be used there."""
+    return nn.Sequential(nn.Linear(input_shape[0], width), nn.ReLU(inplace=True), nn.Linear(width, num_classes))
 
 
 def three_outputs(input_shape, num_classes, width=4):
@@ -42,13 +47,14 @@ def test_kernel_equals_the_autograd_jacobian_product():
     mlp = build_architecture(MLPArchitecture(hidden=[5, 7]), (6,), 1).double()
     deep = build_network(DeepFC(depth=3, bias=True), 5, (6,), "width", seed=1)
     conv = build_network(conv_net_spec(), 3, (6,), "width", seed=2)
-    cases = [(mlp, "full", None), (mlp, "body.fc2", ["body.fc2.weight"]), (mlp, "head.bias", ["head.bias"]),
+    inplace = build_network(FactoryArchitecture(factory="test_capacity_ntk:inplace_relu"), 5, (6,), "width", 3)
+    cases = [(inplace, "full", None), (inplace, "2", ["2.weight"]), (mlp, "full", None), (mlp, "body.fc2", ["body.fc2.weight"]), (mlp, "head.bias", ["head.bias"]),
              (deep, "full", None), (deep, "fc1", ["fc1.weight"]), (conv, "full", None), (conv, "1", ["1.weight"])]
     for model, block, names in cases:
         names = names or [n for n, _ in model.named_parameters()]
         expected = reference_kernel(model, x, names)
         gram = ntk_gram(model, x, block)
-        assert gram.method == ("jacobian" if model is conv else "closed-form")
+        assert gram.method == ("closed-form" if model not in (conv, inplace) or block == "2" else "jacobian")
         assert gram.parameters == sum(p.numel() for n, p in model.named_parameters() if n in names)
         torch.testing.assert_close(gram.kernel, expected, rtol=1e-10, atol=1e-12)
         # The per-sample Jacobian path, whole and in chunks of two rows, gives the same matrix.
@@ -60,8 +66,6 @@ def test_kernel_equals_the_autograd_jacobian_product():
 
 
 def conv_net_spec():
-    from memeval.api import FactoryArchitecture
-
     return FactoryArchitecture(factory="test_capacity_ntk:conv_net")
 
 
