@@ -209,6 +209,7 @@ class HFMasked(MaskedLM):
         from transformers.utils import logging
 
         encoded = self.tokenize(texts)
+        device = self.params.device
         target = torch.as_tensor(np.asarray(labels, dtype=np.int64))
         predictions = np.zeros(len(encoded), dtype=bool)
         verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
@@ -219,7 +220,8 @@ class HFMasked(MaskedLM):
                 for fold in np.unique(folds):
                     torch.manual_seed(seed * 1000 + int(fold))
                     model = AutoModelForSequenceClassification.from_pretrained(
-                        self.location, num_labels=2, trust_remote_code=self.params.trust_remote_code)
+                        self.location, num_labels=2, trust_remote_code=self.params.trust_remote_code
+                    ).to(device)
                     train = np.flatnonzero(folds != fold)
                     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
                     rng = np.random.default_rng([seed, int(fold)])
@@ -229,7 +231,8 @@ class HFMasked(MaskedLM):
                         for start in range(0, order.size, self.params.batch_size):
                             rows = order[start:start + self.params.batch_size]
                             ids, mask = self._pad([encoded[i] for i in rows])
-                            loss = model(input_ids=ids, attention_mask=mask, labels=target[rows]).loss
+                            loss = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                         labels=target[rows].to(device)).loss
                             optimizer.zero_grad(set_to_none=True)
                             loss.backward()
                             optimizer.step()
@@ -237,7 +240,8 @@ class HFMasked(MaskedLM):
                     test = np.flatnonzero(folds == fold)
                     with torch.no_grad():
                         ids, mask = self._pad([encoded[i] for i in test])
-                        predictions[test] = model(input_ids=ids, attention_mask=mask).logits.argmax(-1).numpy() == 1
+                        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+                        predictions[test] = logits.argmax(-1).cpu().numpy() == 1
         finally:
             logging.set_verbosity(verbosity)
             if bars:
