@@ -126,6 +126,7 @@ def test_one_forward_pass_per_token(precog_run):
     assert [list(r) for r in again] == [records["probe"][i]["ranks"] for i in range(5)]
 
 
+@pytest.mark.slow  # importing transformers' pipelines takes seconds
 def test_ranks_agree_with_the_fill_mask_pipeline(precog_run):
     from transformers import pipeline
 
