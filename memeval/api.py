@@ -60,11 +60,19 @@ from memeval.stats import (
     roc_curve,
     roc_metric,
     stratified_bootstrap_ci,
+    stratified_folds,
     tpr_at_fpr,
     tpr_at_fpr_statistic,
 )
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
+from memeval.train.architectures import (
+    ArchitectureParams,
+    CNNArchitecture,
+    FactoryArchitecture,
+    MLPArchitecture,
+)
+from memeval.train.architectures import build_model as build_architecture
 from memeval.train.metrics import Curves, LabelSet
 from memeval.train.metrics import curves as training_curves
 from memeval.train.metrics import final_counts as training_final_counts
@@ -95,4 +103,7 @@ __all__ = [
     "HeatMap",
     # writing a trainer (e.g. the mbi plugin's RAM trainer)
     "OptimizerParams", "TrainData", "TrainJob", "TrainResult", "TrainingRun", "predict_logits",
+    # torch module factories: the built-in MLP and CNN, or any `package.module:callable`
+    "ArchitectureParams", "CNNArchitecture", "FactoryArchitecture", "MLPArchitecture", "build_architecture",
+    "stratified_folds",
 ]

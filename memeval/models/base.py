@@ -17,7 +17,7 @@ from memeval.cache import CallCounter, OutputCache, output_key
 if TYPE_CHECKING:
     from memeval.data import Sample
 
-CAPABILITIES = ("generate", "logprobs", "embed", "classify", "train", "transduce")
+CAPABILITIES = ("generate", "logprobs", "embed", "classify", "train", "transduce", "masked")
 
 
 @dataclass
