@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from memeval.errors import CacheMiss, EnvironmentProblem
-from memeval.files import environment_problem
+from memeval.files import environment_problem, sha256_file
 from memeval.options import CACHE_MODES
 
 MODES = CACHE_MODES
@@ -198,11 +198,3 @@ class OutputCache:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

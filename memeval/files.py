@@ -6,9 +6,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
+import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -104,3 +107,63 @@ def locked(path: Path, blocking: bool = True) -> Iterator[bool]:
             fcntl.flock(descriptor, fcntl.LOCK_UN)
     finally:
         os.close(descriptor)
+
+
+MANIFEST = ".sha256.json"  # hidden, so loaders that glob a model's *.json files never read it
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_once(final: Path, build: Callable[[Path], None], log: Callable[[str], None],
+               before_build: Callable[[], None] | None = None) -> bool:
+    """Make sure `final` is a complete, undamaged directory that `build(work)` makes, and say whether
+    this call built it. It is built in a temporary sibling and renamed into place with a checksum of
+    every file, under a lock, so two processes build it once; one whose files fail their checksums
+    is built again, never used; a killed build's temporary directory is removed by the next."""
+    if intact(final, log):
+        return False
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with locked(final.parent / f".{final.name}.lock"):
+        if intact(final, lambda message: None):  # another process built it while we waited
+            return False
+        for stale in final.parent.glob(f".{final.name}-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        if before_build is not None:
+            before_build()
+        work = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+        try:
+            build(work)
+            files = sorted(p for p in work.rglob("*") if p.is_file())
+            (work / MANIFEST).write_text(json.dumps({str(p.relative_to(work)): sha256_file(p) for p in files}))
+            if final.exists():
+                shutil.rmtree(final)
+            work.rename(final)
+        finally:
+            if work.exists():
+                shutil.rmtree(work, ignore_errors=True)
+    return True
+
+
+def intact(directory: Path, log: Callable[[str], None]) -> bool:
+    """Whether a directory made by `build_once` is there whole: every file it stored has its hash."""
+    try:
+        stored = json.loads((directory / MANIFEST).read_text())
+    except (OSError, ValueError):
+        stored = None
+    if not isinstance(stored, dict) or not stored:
+        if directory.exists():
+            log(f"{directory}: stored without a readable checksum list; building it again")
+        return False
+    for name, digest in stored.items():
+        path = directory / name
+        if not path.is_file() or sha256_file(path) != digest:
+            log(f"{directory}: {name} does not match its stored checksum (a damaged cache); "
+                f"building it again, never using it")
+            return False
+    return True

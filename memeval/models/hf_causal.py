@@ -15,13 +15,15 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from memeval.errors import UsageError
+from memeval.files import MANIFEST
 from memeval.models.base import AdapterContext, CausalLM, TokenScores, greedy_head
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
 
 WEIGHT_AND_CONFIG_FILES = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.gguf", "*.json", "*.model",
                            "*.txt", "*.tiktoken")
-NOT_MODEL_FILES = {"recipe.json"}  # memeval's training log: it changes between identical retrainings
+NOT_MODEL_FILES = {"recipe.json", MANIFEST}  # memeval's training log (it changes between identical retrainings)
+# and the checksums of a directory memeval built
 
 
 class HFCausalParams(Strict):

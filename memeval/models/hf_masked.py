@@ -18,7 +18,7 @@ from pydantic import Field
 from memeval.cache import output_key
 from memeval.errors import UsageError
 from memeval.models.base import AdapterContext, ModelAdapter
-from memeval.models.hf_causal import WEIGHT_AND_CONFIG_FILES
+from memeval.models.hf_causal import NOT_MODEL_FILES, WEIGHT_AND_CONFIG_FILES
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
 
@@ -96,7 +96,7 @@ class HFMasked(MaskedLM):
     def _own_identity(self) -> dict[str, Any]:
         root = Path(self.location)
         files = sorted({f for pattern in WEIGHT_AND_CONFIG_FILES for f in root.glob(pattern)
-                        if f.is_file() and f.name != "recipe.json"})
+                        if f.is_file() and f.name not in NOT_MODEL_FILES})
         if not files:
             raise UsageError(f"masked LM directory {self.location!r} holds no weights or config files")
         return {"adapter": self.name, "path": self.location, "dtype": self.params.dtype,

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
 from memeval.data import Sample, fingerprint, iter_texts
+from memeval.files import build_once
 from memeval.models.base import AdapterContext
 from memeval.models.hf_masked import HFMasked, HFMaskedParams
 from memeval.models.recipe import _lr_factor, epoch_reporter
@@ -100,25 +99,16 @@ def masked_model_dir(params: MaskedRecipeParams, samples: list[Sample], context:
     """The trained model's directory, training it first if no cache holds it."""
     key = masked_recipe_hash(params, fingerprint(samples), context.seed)
     final = context.cache_dir / "masked-recipes" / key
-    if (final / "recipe.json").exists():
-        return final
-    context.cache.require(1, f"trained masked recipe model {key}")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
-    try:
+
+    def build(work: Path) -> None:
         context.log(f"pre-training masked recipe model {key} on {len(samples)} documents")
         log = train_masked(params, list(iter_texts(samples)), context.seed, work,
                            progress=epoch_reporter(params.training.epochs, context.log))
         info = {"recipe_hash": key, "recipe": params.model_dump(), "seed": context.seed, "documents": len(samples),
                 "log": log}
         (work / "recipe.json").write_text(json.dumps(info, indent=2))
-        try:
-            work.rename(final)
-        except OSError:  # another process finished the same recipe first; use theirs
-            shutil.rmtree(work, ignore_errors=True)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+
+    build_once(final, build, context.log, lambda: context.cache.require(1, f"trained masked recipe model {key}"))
     return final
 
 

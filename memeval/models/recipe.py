@@ -11,8 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from functools import cached_property
@@ -22,10 +20,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 
-from memeval.cache import sha256_file
 from memeval.data import Sample, fingerprint, iter_texts
 from memeval.errors import UsageError
-from memeval.files import locked
+from memeval.files import build_once
 from memeval.models.base import AdapterContext
 from memeval.models.hf_causal import HFCausal, HFCausalParams
 from memeval.suite import Strict
@@ -171,60 +168,26 @@ def recipe_hash(params: RecipeParams, data_fingerprint: str, seed: int, init_fro
 
 def trained_model_dir(params: RecipeParams, samples: list[Sample], context: AdapterContext) -> Path:
     """The directory of the model this recipe makes, training it first if no cache holds it (and
-    first the model it starts from, with `init_from`). Two processes that need the same model train
-    it once (a lock); a stored model whose files fail their checksums is trained again, never used."""
+    first the model it starts from, with `init_from`): once across processes, never from a damaged
+    copy (`files.build_once`)."""
     base = None
     if params.init_from is not None:
         base = trained_model_dir(params.init_from, context.load_dataset(params.init_from.dataset), context)
     key = recipe_hash(params, fingerprint(samples), context.seed, base.name if base else None)
     final = context.cache_dir / "recipes" / key
-    if _intact(final, context.log):
-        return final
-    context.cache.require(1, f"trained recipe model {key}")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with locked(final.parent / f".{key}.lock"):
-        if final.exists() and _intact(final, lambda message: None):  # another process trained it meanwhile
-            return final
-        for stale in final.parent.glob(f".{key}-*"):  # left by a training that was killed
-            shutil.rmtree(stale, ignore_errors=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
-        try:
-            start = f" from {base.name}" if base else ""
-            context.log(f"training recipe model {key}{start} on {len(samples)} documents")
-            log = train(params, list(iter_texts(samples)), context.seed, work, init=base,
-                        progress=epoch_reporter(params.training.epochs, context.log), notice=context.log,
-                        prompts=stop_rule_prompts(params, samples))
-            info = {"recipe_hash": key, "recipe": params.model_dump(), "seed": context.seed,
-                    "documents": len(samples), **({"init_from": base.name} if base else {}), "log": log,
-                    "files_sha256": {f.name: sha256_file(f) for f in sorted(work.iterdir()) if f.is_file()}}
-            (work / "recipe.json").write_text(json.dumps(info, indent=2))
-            if final.exists():  # a copy that failed its checksums
-                shutil.rmtree(final)
-            work.rename(final)
-        finally:
-            if work.exists():
-                shutil.rmtree(work, ignore_errors=True)
+
+    def build(work: Path) -> None:
+        start = f" from {base.name}" if base else ""
+        context.log(f"training recipe model {key}{start} on {len(samples)} documents")
+        log = train(params, list(iter_texts(samples)), context.seed, work, init=base,
+                    progress=epoch_reporter(params.training.epochs, context.log), notice=context.log,
+                    prompts=stop_rule_prompts(params, samples))
+        info = {"recipe_hash": key, "recipe": params.model_dump(), "seed": context.seed,
+                "documents": len(samples), **({"init_from": base.name} if base else {}), "log": log}
+        (work / "recipe.json").write_text(json.dumps(info, indent=2))
+
+    build_once(final, build, context.log, lambda: context.cache.require(1, f"trained recipe model {key}"))
     return final
-
-
-def _intact(directory: Path, log: Callable[[str], None]) -> bool:
-    """A stored recipe model is used only when its recipe.json reads and every file it lists has
-    the hash it was stored with."""
-    try:
-        stored = json.loads((directory / "recipe.json").read_text()).get("files_sha256")
-    except (OSError, ValueError, AttributeError):
-        stored = None
-    if not stored:
-        if directory.exists():
-            log(f"recipe model {directory.name}: stored without a readable recipe.json and checksums; training it again")
-        return False
-    for name, digest in stored.items():
-        path = directory / name
-        if not path.is_file() or sha256_file(path) != digest:
-            log(f"recipe model {directory.name}: {name} does not match its stored checksum (a damaged cache); "
-                f"training it again, never using it")
-            return False
-    return True
 
 
 def stop_rule_prompts(params: RecipeParams, samples: list[Sample]) -> list[str] | None:

@@ -8,11 +8,8 @@ It decodes greedily (`greedy_text`) and exposes every layer's output (`layer_out
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import shutil
-import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -22,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from memeval.data import Sample, fingerprint
 from memeval.errors import UsageError
+from memeval.files import build_once
 from memeval.models.base import AdapterContext, ModelAdapter
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
@@ -206,25 +204,15 @@ def trained_seq2seq_dir(params: Seq2SeqParams, context: AdapterContext) -> Path:
         context.seed,
     )
     final = context.cache_dir / "seq2seq" / key
-    if (final / "summary.json").exists():
-        return final
-    context.cache.require(1, f"trained seq2seq model {key}")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
-    try:
+
+    def build(work: Path) -> None:
         context.log(
             f"training seq2seq model {key} on {len(train_samples)} pairs "
             f"(until fit, at most {training.max_epochs} epochs)"
         )
         _train_into(work, key, arch, training, params, train_samples, monitored, context)
-        if final.exists() and not (final / "summary.json").exists():  # stale and incomplete
-            shutil.rmtree(final, ignore_errors=True)
-        # Another process may have finished the same model first: then use theirs.
-        with contextlib.suppress(OSError):
-            work.rename(final)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+
+    build_once(final, build, context.log, lambda: context.cache.require(1, f"trained seq2seq model {key}"))
     return final
 
 

@@ -3,8 +3,9 @@ trained once and cached by the hash of all of these.
 
 `build_classifier(params, cache_dir, seed)` returns the directory of the trained model, training it
 first when no cache holds it. Training writes into a temporary directory beside the final one and
-renames it into place; a lock file serialises two processes building the same recipe (the second
-waits, then finds the first's result). The directory holds:
+renames it into place with the checksums of its files (`files.build_once`); a lock file serialises
+two processes building the same recipe (the second waits, then finds the first's result), and a
+directory whose files fail their checksums is trained again, never used. The directory holds:
 
 - `summary.json`: the recipe, its hash, the seed, shapes, noise counts, the trainer's networks,
   timings, checkpoint epochs and the final label-noise metrics;
@@ -21,15 +22,11 @@ checkpoints, the training log, the labels, and the data again from the source.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
-import shutil
-import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +37,7 @@ from pydantic import Field, ValidationError, model_validator
 from torch import nn
 
 from memeval.errors import UsageError, did_you_mean
+from memeval.files import build_once
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
 from memeval.train.architectures import (
@@ -168,36 +166,14 @@ def build_classifier(params: ClassifierParams, cache_dir: Path, seed: int,
     data = load_source(params.source, base_dir)
     key = recipe_hash(params, trainer, data, seed)
     final = Path(cache_dir) / "classifiers" / key
-    if (final / "summary.json").exists():
-        return Built(final, False)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(final.parent / f".{key}.lock"):
-        if (final / "summary.json").exists():  # another process built it while we waited
-            return Built(final, False)
-        if before_training is not None:
-            before_training(key)
+
+    def build(work: Path) -> None:
         log(f"training classifier {key} ({trainer.name}, {params.optimizer.epochs} epochs, "
             f"{len(data.y_train)} examples)")
-        work = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
-        try:
-            train_into(work, params, trainer, data, seed, key, progress=EpochProgress(params.optimizer.epochs, log))
-            if final.exists():  # a stale, incomplete directory (no summary.json)
-                shutil.rmtree(final)
-            work.rename(final)
-        finally:
-            if work.exists():
-                shutil.rmtree(work, ignore_errors=True)
-    return Built(final, True)
+        train_into(work, params, trainer, data, seed, key, progress=EpochProgress(params.optimizer.epochs, log))
 
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    before = (lambda: before_training(key)) if before_training is not None else None
+    return Built(final, build_once(final, build, log, before))
 
 
 def run_training(params: ClassifierParams, trainer: Trainer, data: ClassificationData, noisy: NoisyLabels,
