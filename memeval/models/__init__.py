@@ -7,6 +7,7 @@ from memeval import hookimpl
 from memeval.models.base import AdapterContext, CachedCausalLM, CausalLM, ModelAdapter, TokenScores
 from memeval.models.classifier import Classifier
 from memeval.models.hf_causal import HFCausal
+from memeval.models.openai_compat import OpenAICompat
 from memeval.models.recipe import Recipe
 from memeval.registry import Registry
 from memeval.train.trainers import BUILTIN_TRAINERS
@@ -20,5 +21,6 @@ def memeval_register(registry: Registry) -> None:
     registry.add_adapter(HFCausal)
     registry.add_adapter(Recipe)
     registry.add_adapter(Classifier)
+    registry.add_adapter(OpenAICompat)
     for name, trainer in BUILTIN_TRAINERS.items():
         registry.add_trainer(name, trainer)
