@@ -41,13 +41,14 @@ from memeval.cache import CallCounter, OutputCache
 from memeval.collect import Item
 from memeval.config import Config
 from memeval.errors import UsageError
-from memeval.models.base import CachedCausalLM
+from memeval.models.base import CachedCausalLM, CausalLM
 from memeval.plugins import build_registry, make_plugin_manager
 from memeval.results import EvaluationResult
 from memeval.runner import EvaluationContext, Session, batches, map_reduce, prepare, reduce
+from memeval.stash import StashKey
 from memeval.suite import ExecutorSpec
 
-STASH_KEY = "ray_executor.training"
+TRAINING = StashKey[dict]()  # item id -> the Ray task running that training experiment
 _OWNED = {"cluster": False}  # whether this process started the cluster it is connected to
 
 
@@ -269,7 +270,7 @@ def memeval_run_evaluation(item: Item, context: EvaluationContext) -> Evaluation
     spec = executor_spec(session)
     if spec.kind != "ray":
         return None
-    training = session.stash.get(STASH_KEY, {})
+    training = session.stash.get(TRAINING, {})
     if item.id in training:
         return collect_training(item, context, training.pop(item.id))
     if not isinstance(context.model, CachedCausalLM):
@@ -363,17 +364,53 @@ def write_outputs(cache: OutputCache, outputs: dict[str, tuple[str, str, bytes]]
 # -- training experiments -----------------------------------------------------------------
 
 
+def trains(session: Session, item: Item) -> bool:
+    """A training experiment: its model is trained by memeval and is not a causal LM (those are
+    map-shaped; their recipe trains once, on the driver)."""
+    if not item.spec.model:
+        return False
+    adapter = session.config.registry.get("adapter", session.suite.spec.models[item.spec.model].adapter)
+    return "train" in adapter.capabilities and not issubclass(adapter, CausalLM)
+
+
+@hookimpl(trylast=True)
+def memeval_collection_modifyitems(session: Session, items: list[Item]) -> None:
+    """Send every training experiment (each cell of a matrix) as one Ray task now, so they train in
+    parallel while the driver collects them in order."""
+    spec = executor_spec(session)
+    cells = [item for item in items if trains(session, item)] if spec.kind == "ray" else []
+    if not cells:
+        return
+    ray = connect(spec, session.config.verbosity)
+    _, cpus = pool_size(ray, spec)
+    task = ray.remote(num_cpus=cpus, num_gpus=spec.gpus_per_actor or None, max_retries=3)(run_cell)
+    options = session.config.options
+    session.stash[TRAINING] = {
+        item.id: task.remote(Job(item=item, plugins=list(getattr(options, "plugins", None) or []),
+                                 cache_dir=str(session.config.cache_dir.resolve()), seed=session.seed,
+                                 limit=getattr(options, "limit", None), threads=spec.threads))
+        for item in cells}
+    session.log(f"{len(cells)} training experiments sent to Ray")
+
+
+def run_cell(job: Job) -> tuple[EvaluationResult, str, list[str], dict[str, Any]]:
+    """One training experiment in a Ray worker, by the local executor: trains the model (into the
+    shared cache directory) and runs the method; returns the result and the records as JSON lines."""
+    from memeval.runner import memeval_run_evaluation as run_locally
+
+    context = worker_context(job)
+    context._records = io.StringIO()
+    result = run_locally(item=job.item, context=context)
+    return result, context._records.getvalue(), context.warnings, context.artifacts
+
+
 def collect_training(item: Item, context: EvaluationContext, future: Any) -> EvaluationResult:
-    import ray
-
-    result, records_text, warnings, artifacts = ray.get(future)
-    context.emit(_lines(records_text))
-    context.warnings.extend(warnings)
-    context.artifacts.update(artifacts)
-    return result
-
-
-def _lines(text: str) -> list[Any]:
     import json
 
-    return [json.loads(line) for line in io.StringIO(text) if line.strip()]
+    import ray
+
+    result, records, warnings, artifacts = ray.get(future)
+    context.emit(json.loads(line) for line in records.splitlines() if line.strip())
+    context.warnings.extend(w for w in warnings if w not in context.warnings)
+    context.artifacts.update(artifacts)
+    return result

@@ -101,3 +101,30 @@ def test_actor_pool_leaves_a_cpu_for_ray_data():
     one = SimpleNamespace(cluster_resources=lambda: {"CPU": 1.0})
     assert pool_size(one, ExecutorSpec(kind="ray")) == (1, 0.5)
     assert pool_size(two, ExecutorSpec(kind="ray", cpus_per_actor=1)) == (2, 1)
+
+
+NOISE_SUITE = {
+    "memeval": 1, "suite": "noise-cells",
+    "models": {"standard": {"adapter": "classifier", "source": {"kind": "digits", "train_limit": 300},
+                            "architecture": {"kind": "mlp", "hidden": [64]},
+                            "noise": {"kind": "symmetric", "rate": 0.3}, "trainer": "standard",
+                            "optimizer": {"name": "adam", "lr": 0.02, "epochs": 60}, "matrix": {"seed": [0, 1]}}},
+    "evaluations": [{"id": "noise", "method": "label_noise.memorization", "model": "standard"}],
+}
+
+
+@pytest.mark.slow
+def test_matrix_cells_train_as_ray_tasks_with_the_local_results(cluster, tmp_path, run_cli):
+    suite = tmp_path / "noise.yaml"
+    suite.write_text(json.dumps(NOISE_SUITE))
+    code, _, err = run_cli("run", suite, "--out", tmp_path / "local", "--cache-dir", tmp_path / "cache-local", "-q")
+    assert code == 0, err
+    code, _, err = run_cli("run", suite, "--out", tmp_path / "ray", "--cache-dir", tmp_path / "cache-ray",
+                           "--executor", "ray")
+    assert code == 0, err
+    assert "2 training experiments sent to Ray" in err
+    (local_run, local_records), (ray_run, ray_records) = outputs(tmp_path / "local"), outputs(tmp_path / "ray")
+    assert len(local_records) == 2 and ray_records == local_records
+    for mine, theirs in zip(local_run["evaluations"], ray_run["evaluations"], strict=True):
+        assert mine["id"] == theirs["id"] and mine["metrics"] == theirs["metrics"]
+    assert len(list((tmp_path / "cache-ray" / "classifiers").glob("*/summary.json"))) == 2
