@@ -89,7 +89,7 @@ def connect(spec: ExecutorSpec, verbosity: int) -> Any:
         raise UsageError("executor ray: Ray is not installed (pip install 'memeval[ray]')") from None
     if verbosity <= 0:
         logging.getLogger("ray").setLevel(logging.WARNING)
-        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # not "progress bars disabled" every time
     ray.data.DataContext.get_current().enable_progress_bars = verbosity > 0
     if ray.is_initialized():
         return ray
@@ -334,6 +334,7 @@ def dispatch(ray: Any, spec: ExecutorSpec, job: Job, units: list[Any], groups: l
              context: EvaluationContext, done: dict[int, list[dict[str, Any]]]) -> None:
     """Map the `todo` batches on the actor pool; write their outputs to the cache as they arrive."""
     actors, cpus = pool_size(ray, spec)
+    actors = min(actors, len(todo))  # an actor with no batch to map would only load the model
     rows = [{"batch": b, "units": pickle.dumps([units[i] for i in groups[b]])} for b in todo]
     # Small inputs would be one block, and one block goes to one actor: cut them up.
     dataset = ray.data.from_items(rows).repartition(min(len(rows), actors * 4))
