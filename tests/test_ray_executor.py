@@ -128,3 +128,18 @@ def test_matrix_cells_train_as_ray_tasks_with_the_local_results(cluster, tmp_pat
     for mine, theirs in zip(local_run["evaluations"], ray_run["evaluations"], strict=True):
         assert mine["id"] == theirs["id"] and mine["metrics"] == theirs["metrics"]
     assert len(list((tmp_path / "cache-ray" / "classifiers").glob("*/summary.json"))) == 2
+
+
+def test_command_line_overrides_the_suites_executor_and_a_bad_one_is_a_suite_error(tiny_suite, run_cli):
+    from argparse import Namespace
+
+    from memeval.ray_executor import executor_spec
+    from memeval.suite import load_suite
+
+    path = tiny_suite(extra="executor: {kind: ray, actors: 3, threads: 2}\n")
+    session = SimpleNamespace(suite=load_suite(path), config=SimpleNamespace(options=Namespace()))
+    assert executor_spec(session) == ExecutorSpec(kind="ray", actors=3, threads=2)
+    session.config.options = Namespace(executor="local", address=None, ray_cpus=1.0, ray_gpus=None, ray_actors=None)
+    assert executor_spec(session) == ExecutorSpec(kind="local", actors=3, threads=2, num_cpus=1.0)
+    code, _, err = run_cli("validate", tiny_suite(extra="executor: {kind: dask}\n", name="bad.yaml"))
+    assert code == 4 and "executor" in err and "'local' or 'ray'" in err
