@@ -99,7 +99,9 @@ def connect(spec: ExecutorSpec, verbosity: int) -> Any:
         kwargs["address"] = spec.address
     else:
         # A local cluster sees what this process sees: `-p` plugins and test modules import there too.
-        kwargs.update(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus,
+        # Ray starts workers at niceness 15: on a busy machine the actors would starve behind any
+        # other process, the driver included. A local cluster's workers run at the default priority.
+        kwargs.update(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, _system_config={"worker_niceness": 0},
                       runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     try:
         ray.init(**kwargs)
@@ -190,8 +192,8 @@ def worker_context(job: Job) -> EvaluationContext:
     import torch
 
     torch.set_num_threads(job.threads)
-    with contextlib.suppress(OSError):  # Ray starts workers niced; take the default priority back if allowed
-        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    with contextlib.suppress(OSError):  # a joined cluster's workers may be niced: undo it where allowed
+        os.setpriority(os.PRIO_PROCESS, 0, min(os.getpriority(os.PRIO_PROCESS, 0), 0))
     options = argparse.Namespace(cache="off", cache_dir=job.cache_dir, seed=job.seed, limit=job.limit,
                                  plugins=job.plugins, verbose=0, quiet=1)
     pm = make_plugin_manager(job.plugins)

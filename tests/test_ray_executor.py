@@ -21,11 +21,12 @@ WORDS = ["red", "fox", "jumps", "over", "the", "lazy", "dog", "and", "cat", "run
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local cluster for the module (starting one takes seconds on 2 cores); its workers see
-    this process's sys.path, so the test plugin imports there too."""
+    """One local cluster for the module (starting one takes seconds on 2 cores), as memeval starts
+    one: workers at the default priority, seeing this process's sys.path (the test plugin imports
+    there too)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config={"worker_niceness": 0},
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}})
     yield ray
     ray.shutdown()
