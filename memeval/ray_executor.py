@@ -412,7 +412,12 @@ def collect_training(item: Item, context: EvaluationContext, future: Any) -> Eva
 
     import ray
 
-    result, records, warnings, artifacts = ray.get(future)
+    try:
+        result, records, warnings, artifacts = ray.get(future)
+    except ray.exceptions.RayTaskError as exc:  # the user's error as the local executor raises it
+        if isinstance(exc.cause, UsageError):
+            raise exc.cause from None
+        raise
     context.emit(json.loads(line) for line in records.splitlines() if line.strip())
     context.warnings.extend(w for w in warnings if w not in context.warnings)
     context.artifacts.update(artifacts)
