@@ -144,3 +144,37 @@ def test_command_line_overrides_the_suites_executor_and_a_bad_one_is_a_suite_err
     assert executor_spec(session) == ExecutorSpec(kind="local", actors=3, threads=2, num_cpus=1.0)
     code, _, err = run_cli("validate", tiny_suite(extra="executor: {kind: dask}\n", name="bad.yaml"))
     assert code == 4 and "executor" in err and "'local' or 'ray'" in err
+
+
+def test_a_cluster_memeval_starts_is_shut_down_through_the_api_and_one_it_joined_is_left(monkeypatch):
+    """With a stand-in `ray` module: what `ray.init` is asked for, and who calls `ray.shutdown`."""
+    import types
+
+    import memeval.ray_executor as executor
+
+    calls = []
+    fake = types.ModuleType("ray")
+    fake.data = types.ModuleType("ray.data")
+    fake.data.DataContext = SimpleNamespace(get_current=lambda: SimpleNamespace())
+    fake.is_initialized = lambda: bool(calls and calls[-1][0] == "init")
+    fake.init = lambda **kwargs: calls.append(("init", kwargs))
+    fake.shutdown = lambda: calls.append(("shutdown", {}))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setitem(sys.modules, "ray.data", fake.data)
+    monkeypatch.setitem(executor._OWNED, "cluster", False)
+
+    executor.connect(ExecutorSpec(kind="ray", num_cpus=2, num_gpus=0), verbosity=0)
+    kind, kwargs = calls[0]
+    assert kind == "init" and (kwargs["num_cpus"], kwargs["num_gpus"]) == (2, 0) and "address" not in kwargs
+    assert kwargs["_system_config"] == {"worker_niceness": 0}
+    assert os.path.dirname(__file__) in kwargs["runtime_env"]["env_vars"]["PYTHONPATH"].split(os.pathsep)
+    executor.connect(ExecutorSpec(kind="ray"), verbosity=0)  # connected already: no second cluster
+    assert len(calls) == 1
+    executor.memeval_unconfigure(config=None)
+    assert calls[-1][0] == "shutdown" and not executor._OWNED["cluster"]
+    executor.memeval_unconfigure(config=None)  # nothing of ours left to shut down
+    assert len(calls) == 2
+
+    calls.clear()
+    executor.connect(ExecutorSpec(kind="ray", address="auto"), verbosity=0)
+    assert calls[0][1]["address"] == "auto" and "num_cpus" not in calls[0][1]
