@@ -16,6 +16,7 @@ BUILTIN_PLUGINS = {
     "adapters": "memeval.models",
     "loaders": "memeval.data",
     "local": "memeval.runner",
+    "ray": "memeval.ray_executor",
     "terminal": "memeval.report.terminal",
     "reports": "memeval.report.base",
     "json": "memeval.report.json",

@@ -238,27 +238,45 @@ class Session:
 @hookimpl(trylast=True)
 def memeval_run_evaluation(item: Item, context: EvaluationContext) -> EvaluationResult:
     """Run a map/reduce method in this process: batches of similar size, records streamed out."""
-    from tqdm import tqdm
-
     method = item.method_cls(item.params)
+    return map_reduce(item, context, method, prepare(item, context, method))
+
+
+def prepare(item: Item, context: EvaluationContext, method: Any) -> list[Any]:
     units = method.prepare(context.samples, context)
     if not units:
         reasons = "; ".join(context.warnings) or "the method kept no sample"
         raise UsageError(f"evaluation {item.id!r} has nothing to evaluate ({reasons})")
+    return units
+
+
+def batches(method: Any, units: list[Any], size: int) -> list[list[int]]:
+    """Unit indices in batches of similar size (largest first): how every executor batches `map`."""
     order = sorted(range(len(units)), key=lambda i: method.size(units[i]), reverse=True)
-    size = context.batch_size
+    return [order[start:start + size] for start in range(0, len(order), size)]
+
+
+def map_reduce(item: Item, context: EvaluationContext, method: Any, units: list[Any]) -> EvaluationResult:
+    """`map` over the prepared units in this process, records streamed out, then `reduce`."""
+    from tqdm import tqdm
+
     records: list[dict[str, Any]] = []
     quiet = context.session.config.verbosity < 0
     with tqdm(total=len(units), desc=item.id, unit="sample", file=sys.stderr, disable=quiet, leave=False) as bar:
-        for start in range(0, len(order), size):
-            batch_records = method.map([units[i] for i in order[start:start + size]], context)
+        for batch in batches(method, units, context.batch_size):
+            batch_records = method.map([units[i] for i in batch], context)
             context.emit(batch_records)
             records.extend(batch_records)
-            bar.update(min(size, len(order) - start))
+            bar.update(len(batch))
+    return reduce(item, context, method, records, len(units))
+
+
+def reduce(item: Item, context: EvaluationContext, method: Any, records: list[dict[str, Any]],
+           n_units: int) -> EvaluationResult:
     metrics = method.reduce(records, context)
     return EvaluationResult(id=item.id, method=item.method_cls.name, model=item.spec.model,
                             dataset=item.spec.dataset, params=item.params.model_dump(mode="json"),
-                            n_samples=len(units), metrics=metrics)
+                            n_samples=n_units, metrics=metrics)
 
 
 # -- running a suite ---------------------------------------------------------------------------

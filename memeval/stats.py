@@ -5,7 +5,7 @@ One place, each function tested against a reference implementation or a closed f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 from scipy import stats as sps
@@ -29,10 +29,23 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, statistic: Callable[..., 
     if data.size < 2:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    resampled = statistic(data[rng.integers(0, data.size, size=(n_resamples, data.size))], axis=1)
+    resampled = np.concatenate([statistic(data[index], axis=1) for index in resample_indices(rng, data.size,
+                                                                                            n_resamples)])
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(resampled, [alpha, 1.0 - alpha])
     return float(low), float(high)
+
+
+RESAMPLE_CHUNK = 1_000_000  # indices drawn at once: 8 MB, whatever the number of samples
+
+
+def resample_indices(rng: np.random.Generator, n: int, resamples: int) -> Iterator[np.ndarray]:
+    """`rng.integers(0, n, size=(resamples, n))` in blocks of rows, so memory stays bounded as n
+    grows. An even number of rows per block keeps the generator's stream aligned: the blocks are
+    exactly the rows one draw would give (tests/test_stats.py checks it)."""
+    rows = max(2, RESAMPLE_CHUNK // max(1, n) // 2 * 2)
+    for start in range(0, resamples, rows):
+        yield rng.integers(0, n, size=(min(rows, resamples - start), n))
 
 
 def paired_bootstrap_ci(base: Sequence[float] | np.ndarray, new: Sequence[float] | np.ndarray,
@@ -42,8 +55,8 @@ def paired_bootstrap_ci(base: Sequence[float] | np.ndarray, new: Sequence[float]
     values of `base` and `new` belong to one sample and are resampled together."""
     values = np.column_stack([np.asarray(base, dtype=np.float64), np.asarray(new, dtype=np.float64)])
     rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(values), size=(resamples, len(values)))
-    differences = statistic(values[index, 1], axis=1) - statistic(values[index, 0], axis=1)
+    differences = np.concatenate([statistic(values[index, 1], axis=1) - statistic(values[index, 0], axis=1)
+                                  for index in resample_indices(rng, len(values), resamples)])
     alpha = (1 - level) / 2
     low, high = np.quantile(differences, [alpha, 1 - alpha])
     return float(low), float(high)

@@ -195,6 +195,22 @@ class ReportSpec(Strict):
 LEGACY_REPORT_SWITCHES = {"json", "html", "markdown", "junit"}
 
 
+class ExecutorSpec(Strict):
+    """Where a suite's evaluations run: in this process (`local`), or on a Ray cluster (`ray`)."""
+
+    kind: Literal["local", "ray"] = Field("local", description="local: in this process; ray: a Ray cluster")
+    address: str | None = Field(None, description="ray: an existing cluster ('auto' or ray://host:port); "
+                                                  "none: a local cluster is started for the run")
+    num_cpus: float | None = Field(None, gt=0, description="ray, local cluster: CPUs it may use (default: all)")
+    num_gpus: float | None = Field(None, ge=0, description="ray, local cluster: GPUs it may use")
+    actors: int | None = Field(None, ge=1, description="ray: model-holding actors (default: the cluster's CPUs)")
+    cpus_per_actor: float | None = Field(None, gt=0, description="ray: CPUs each actor claims (default: a share "
+                                                                 "that leaves one CPU's headroom, so Ray Data's "
+                                                                 "own tasks never wait on the actors)")
+    gpus_per_actor: float = Field(0, ge=0, description="ray: GPUs each actor claims")
+    threads: int = Field(1, ge=1, description="ray: torch threads in each actor and training task")
+
+
 class Suite(Strict):
     memeval: Literal[1] = Field(description="schema version of the suite file")
     suite: str
@@ -207,6 +223,8 @@ class Suite(Strict):
         "what a cut the suite did not ask for is (a prompt longer than prefix_tokens, a text longer than the "
         "model's context): an error (default: a gate must not pass on a shortened prompt), or a counted warning"))
     report: ReportSpec = Field(default_factory=ReportSpec)
+    executor: ExecutorSpec | None = Field(None, description="where evaluations run (default: in this process; "
+                                                            "`--executor` overrides)")
 
 
 @dataclass

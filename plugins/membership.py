@@ -26,6 +26,7 @@ from memeval.api import (
     Series,
     Table,
     TokenScores,
+    UsageError,
     best_balanced_accuracy,
     by_rows,
     cross_validated_scores,
@@ -263,6 +264,10 @@ def attack_score(attack: str, target: TokenScores, text: str, k: float, lower: T
     if attack == "min_k":
         return lowest_k_mean(logprob, k)
     if attack == "min_k_plus_plus":
+        if np.isnan(target.mean_logprob).any():  # a served model (openai-compat) gives only the top log-probs
+            raise UsageError("attack 'min_k_plus_plus' needs the mean and std of log p over the whole vocabulary "
+                             "at every position, which this model does not give (a completions server returns "
+                             "only the top log-probs): leave min_k_plus_plus out of `attacks`")
         return lowest_k_mean(standardized_logprob(target), k)
     raise ValueError(f"unknown attack {attack!r}")
 

@@ -141,3 +141,23 @@ def test_cross_validated_scores_match_scikit_learn_on_the_same_folds():
         scaler = StandardScaler().fit(x[train])
         model = LogisticRegression(tol=1e-12, max_iter=10_000).fit(scaler.transform(x[train]), y[train])
         np.testing.assert_allclose(ours[test], model.decision_function(scaler.transform(x[test])), atol=1e-4)
+
+
+def test_bootstrap_in_bounded_blocks_equals_one_draw(monkeypatch):
+    """Resamples drawn in blocks (bounded memory for millions of samples) are the very resamples
+    one (resamples x n) draw gives: the same CI for odd and even n (to the last bit or two: numpy
+    may sum a row of a smaller block in another order)."""
+    import memeval.stats as stats
+
+    monkeypatch.setattr(stats, "RESAMPLE_CHUNK", 1000)  # blocks of 2 rows at n = 999
+    for n in (999, 1000):
+        values = np.random.default_rng(1).normal(size=n)
+        draws = np.random.default_rng(7).integers(0, n, size=(300, n))
+        means = values[draws].mean(axis=1)
+        expected = np.quantile(means, [0.025, 0.975])
+        assert stats.bootstrap_ci(values, n_resamples=300, seed=7) == pytest.approx(expected, rel=1e-12, abs=0)
+        other = values + np.random.default_rng(2).normal(size=n)
+        change = other[draws].mean(axis=1) - values[draws].mean(axis=1)
+        expected = np.quantile(change, [0.025, 0.975])
+        assert stats.paired_bootstrap_ci(values, other, resamples=300, seed=7) == pytest.approx(expected, rel=1e-12,
+                                                                                                abs=0)

@@ -9,6 +9,7 @@ from memeval.models.classifier import Classifier
 from memeval.models.hf_causal import HFCausal
 from memeval.models.hf_masked import HFMasked, MaskedLM
 from memeval.models.masked_recipe import MaskedRecipe
+from memeval.models.openai_compat import OpenAICompat
 from memeval.models.recipe import Recipe
 from memeval.models.seq2seq import Seq2Seq
 from memeval.registry import Registry
@@ -26,5 +27,6 @@ def memeval_register(registry: Registry) -> None:
     registry.add_adapter(Seq2Seq)
     registry.add_adapter(HFMasked)
     registry.add_adapter(MaskedRecipe)
+    registry.add_adapter(OpenAICompat)
     for name, trainer in BUILTIN_TRAINERS.items():
         registry.add_trainer(name, trainer)

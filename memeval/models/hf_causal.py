@@ -54,6 +54,7 @@ def chunks(items: Sequence[Any], size: int) -> list[Sequence[Any]]:
 # No tokenizer we know makes a token of more characters than this: a text cut to context * this
 # characters still fills the context.
 MAX_CHARS_PER_TOKEN = 64
+TOKENIZE_CHUNK = 1024  # texts per tokenizer call
 
 
 class HFCausal(CausalLM):
@@ -216,6 +217,9 @@ class HFCausal(CausalLM):
         ends (enough characters for a full context at each): what a method keeps of it, the first
         or the last tokens, is exact, and a megabyte record costs no more than a page."""
         special = self.params.add_special_tokens if add_special_tokens is None else add_special_tokens
+        if len(texts) > TOKENIZE_CHUNK:  # the tokenizer's per-token structures are big: bound them
+            return [ids for start in range(0, len(texts), TOKENIZE_CHUNK)
+                    for ids in self.tokenize(texts[start:start + TOKENIZE_CHUNK], special)]
         budget = (self.context_length or 0) * MAX_CHARS_PER_TOKEN
         if not budget or all(len(text) <= 2 * budget for text in texts):
             return self.tokenizer(list(texts), add_special_tokens=special)["input_ids"]

@@ -1,0 +1,121 @@
+"""Scale: the local executor vs. `--executor ray` on the same suite and data, and the driver's peak
+memory as the dataset grows 10x.
+
+The suite scores every sequence with `lm.loss` under a randomly initialised byte-level GPT-2 (speed
+does not depend on the weights). Each (executor, size) runs `memeval run` in a fresh process with
+a fresh output cache, so nothing is replayed; that process reports its own peak RSS (the driver's:
+Ray's workers are other processes, and `ru_maxrss` of RUSAGE_SELF does not count them). Ray runs
+on a local cluster of `--cpus` CPUs started and shut down by the run itself, so its numbers include
+the cluster's start and the actor pool's; the evaluation's own seconds (run.json) are reported too.
+The records of both executors are checked identical.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 2000 20000] [--cpus 2] [--tokens 64]
+        [--layers 2] [--width 128] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from",
+         "river", "stone", "market", "winter", "garden", "letter", "engine", "violet", "harbor", "signal"]
+
+# Runs the CLI in this process and prints the process's own peak RSS (KiB on Linux) on the last line.
+DRIVER = """
+import resource, sys
+from memeval.cli import main
+code = main(sys.argv[1:])
+print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "EXIT", int(code))
+"""
+
+
+def write_data(path: Path, n: int, chars: int, seed: int = 0) -> None:
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as out:
+        for i in range(n):
+            words: list[str] = []
+            while sum(len(w) + 1 for w in words) < chars:
+                words.append(rng.choice(WORDS))
+            out.write(json.dumps({"id": f"s{i}", "text": " ".join(words)[:chars]}) + "\n")
+
+
+def write_suite(root: Path, model_dir: Path, data: Path, batch_size: int) -> Path:
+    suite = {"memeval": 1, "suite": "scale", "seed": 0,
+             "models": {"lm": {"adapter": "hf-causal", "path": str(model_dir), "batch_size": batch_size,
+                               "threads": 1}},
+             "datasets": {"texts": {"loader": "jsonl", "path": str(data), "id_field": "id"}},
+             "evaluations": [{"id": "loss", "method": "lm.loss", "model": "lm", "dataset": "texts"}]}
+    path = root / f"{data.stem}.yaml"
+    path.write_text(json.dumps(suite))
+    return path
+
+
+def run(suite: Path, out: Path, cache: Path, executor: str, cpus: int) -> dict:
+    args = ["run", str(suite), "--out", str(out), "--cache-dir", str(cache), "-q", "--executor", executor]
+    if executor == "ray":
+        args += ["--ray-cpus", str(cpus)]
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", DRIVER, *args], capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - started
+    last = proc.stdout.strip().splitlines()[-1].split() if proc.stdout.strip() else []
+    if len(last) != 4 or last[3] != "0":
+        raise SystemExit(f"{executor} run failed:\n{proc.stdout}\n{proc.stderr}")
+    evaluation = json.loads((out / "run.json").read_text())["evaluations"][0]
+    return {"wall": wall, "seconds": evaluation["seconds"], "n": evaluation["n_samples"],
+            "peak_mb": int(last[1]) / 1024, "records": (out / "records" / "loss.jsonl").read_bytes()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
+    parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray cluster")
+    parser.add_argument("--tokens", type=int, default=64, help="bytes (= tokens) per sequence")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=64)
+    args = parser.parse_args()
+
+    from memeval.models.recipe import ArchitectureRecipe, save_untrained
+
+    with tempfile.TemporaryDirectory(prefix="memeval-scale-") as tmp:
+        root = Path(tmp)
+        model_dir = root / "model"
+        save_untrained(model_dir, ArchitectureRecipe(n_layer=args.layers, n_embd=args.width, n_head=4,
+                                                     n_positions=max(128, args.tokens + 8)))
+        print(f"lm.loss, GPT-2 {args.layers} x {args.width} (random weights, bytes), {args.tokens} tokens per "
+              f"sequence, batch {args.batch_size}, 1 torch thread per process; Ray: local cluster of {args.cpus} "
+              f"CPUs", flush=True)
+        print(f"{'executor':>8} {'sequences':>9} {'wall s':>8} {'eval s':>8} {'seq/s (eval)':>12} "
+              f"{'driver peak MB':>14}", flush=True)
+        rows = {}
+        for n in args.sizes:
+            data = root / f"texts-{n}.jsonl"
+            write_data(data, n, args.tokens - 1)  # + BOS
+            suite = write_suite(root, model_dir, data, args.batch_size)
+            for executor in ("local", "ray"):
+                result = run(suite, root / f"out-{executor}-{n}", root / f"cache-{executor}-{n}", executor, args.cpus)
+                rows[executor, n] = result
+                print(f"{executor:>8} {n:>9} {result['wall']:>8.1f} {result['seconds']:>8.1f} "
+                      f"{n / result['seconds']:>12.0f} {result['peak_mb']:>14.0f}", flush=True)
+            if rows["local", n]["records"] != rows["ray", n]["records"]:
+                raise SystemExit(f"the executors' records differ at {n} sequences")
+        small, large = min(args.sizes), max(args.sizes)
+        for executor in ("local", "ray"):
+            grow = rows[executor, large]["peak_mb"] - rows[executor, small]["peak_mb"]
+            print(f"{executor}: driver peak {rows[executor, small]['peak_mb']:.0f} -> "
+                  f"{rows[executor, large]['peak_mb']:.0f} MB ({grow:+.0f} MB) for {large / small:g}x the data")
+        print("records identical between the executors at every size")
+
+
+if __name__ == "__main__":
+    main()
