@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 
 from memeval.errors import UsageError
 from memeval.models.base import AdapterContext, CausalLM, TokenScores, greedy_head
+from memeval.models.token_stats import ALL_STATS, position_stats, split_head
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
 
@@ -237,11 +238,10 @@ class HFCausal(CausalLM):
 
     def sequence_logprob(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """Total log-probability of each sequence (every token after the first)."""
-        import torch
 
-        def totals(logits: Any, targets: Any, lengths: list[int]) -> list[float]:
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0].double()
-            return [float(logprobs[row, :n - 1].sum()) for row, n in enumerate(lengths)]
+        def totals(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[float]:
+            rows = _row_stats(states, head, targets, lengths, ("logprob",))
+            return [float(row["logprob"].sum(dtype=np.float64)) for row in rows]
 
         return self._forward(sequences, totals)
 
@@ -251,8 +251,8 @@ class HFCausal(CausalLM):
         `generate`) emits the true next token; -inf where the token is filtered out."""
         import torch
 
-        def under_sampler(logits: Any, targets: Any, lengths: list[int]) -> list[np.ndarray]:
-            filtered = filter_logits(logits / temperature, top_k, top_p)
+        def under_sampler(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[np.ndarray]:
+            filtered = filter_logits(head(states).float() / temperature, top_k, top_p)
             logprobs = torch.log_softmax(filtered, dim=-1).gather(-1, targets[..., None])[..., 0]
             rows = logprobs.double().cpu().numpy()
             return [rows[row, :n - 1] for row, n in enumerate(lengths)]
@@ -270,8 +270,8 @@ class HFCausal(CausalLM):
         results: list[Any] = [None] * len(sequences)
         state: dict[str, Any] = {}
 
-        def per_batch(logits: Any, targets: Any, lengths: list[int]) -> list[Any]:
-            state["scores"] = _token_scores(logits, targets, lengths)
+        def per_batch(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[Any]:
+            state["scores"] = _token_scores(states, head, targets, lengths)
             return list(range(len(lengths)))
 
         def after_batch(batch: list[int], output: Any, lengths: list[int]) -> None:
@@ -332,9 +332,10 @@ class HFCausal(CausalLM):
 
     def _forward(self, sequences: Sequence[Sequence[int]], per_batch: Any, use_cache: bool = False,
                  after_batch: Any = None) -> list[Any]:
-        """Right-padded batches of similar length through the model; `per_batch(logits, targets,
-        lengths)` turns a batch's float32 logits (positions 0..L-2) and next tokens (1..L-1) into one
-        result per sequence (vectorised over the batch; each row is cut to its own length)."""
+        """Right-padded batches of similar length through the model; `per_batch(states, head,
+        targets, lengths)` turns a batch's final hidden states (positions 0..L-2; `head` makes them
+        logits) and next tokens (1..L-1) into one result per sequence (vectorised over the batch;
+        each row is cut to its own length)."""
         import torch
 
         model = self.torch_model
@@ -357,15 +358,28 @@ class HFCausal(CausalLM):
                 for row, i in enumerate(batch):
                     ids[row, :lengths[row]] = torch.tensor(sequences[i])
                     mask[row, :lengths[row]] = 1
-                output = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                               use_cache=use_cache)
-                logits = output.logits
-                results = per_batch(logits[:, :-1].float(), ids[:, 1:].to(logits.device), lengths)
+                output, states, head = self._run(model, ids.to(self.device), mask.to(self.device), use_cache)
+                results = per_batch(states[:, :-1], head, ids[:, 1:].to(states.device), lengths)
                 for i, result in zip(batch, results, strict=True):
                     out[i] = result
                 if after_batch is not None:
                     after_batch(batch, output, lengths)
         return out
+
+    @cached_property
+    def _head(self) -> tuple[Any, Any] | None:
+        return split_head(self.torch_model)
+
+    def _run(self, model: Any, ids: Any, mask: Any, use_cache: bool) -> tuple[Any, Any, Any]:
+        """(output, final hidden states, LM head): the head is applied later, only where and as
+        much as a method needs; a model whose logits are not head(states) gives its logits and
+        the identity."""
+        if self._head is None:
+            output = model(input_ids=ids, attention_mask=mask, use_cache=use_cache)
+            return output, output.logits, _identity
+        body, head = self._head
+        output = body(input_ids=ids, attention_mask=mask, use_cache=use_cache)
+        return output, output.last_hidden_state, head
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -511,22 +525,26 @@ def filter_logits(logits: Any, top_k: int | None, top_p: float | None) -> Any:
     return logits
 
 
-def _token_scores(logits: Any, targets: Any, lengths: list[int]) -> list[TokenScores]:
-    """TokenScores of each row of a batch, computed for the whole batch at once."""
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _row_stats(states: Any, head: Any, targets: Any, lengths: list[int], stats: Sequence[str]
+               ) -> list[dict[str, np.ndarray]]:
+    """`position_stats` of each row's own positions (0..n-2): padding is never projected."""
     import torch
 
-    logprobs = torch.log_softmax(logits, dim=-1)
-    probs = logprobs.exp()
-    top = logprobs.topk(min(2, logprobs.shape[-1]), dim=-1)
-    margin = (top.values[..., 0] - top.values[..., 1]) if top.values.shape[-1] > 1 else top.values[..., 0] * 0
-    mean = (probs * logprobs).sum(-1)
-    var = (probs * (logprobs - mean[..., None]).square()).sum(-1)  # centred: no cancellation when flat
-    columns = {"logprob": logprobs.gather(-1, targets[..., None])[..., 0], "argmax": top.indices[..., 0],
-               "margin": margin, "mean_logprob": mean, "std_logprob": var.sqrt()}
-    arrays = {name: t.detach().cpu().numpy() for name, t in columns.items()}
-    return [TokenScores(logprob=arrays["logprob"][row, :n - 1].astype(np.float32),
-                        argmax=arrays["argmax"][row, :n - 1].astype(np.int64),
-                        margin=arrays["margin"][row, :n - 1].astype(np.float32),
-                        mean_logprob=arrays["mean_logprob"][row, :n - 1].astype(np.float32),
-                        std_logprob=arrays["std_logprob"][row, :n - 1].astype(np.float32))
-            for row, n in enumerate(lengths)]
+    width = states.shape[1]
+    valid = torch.arange(width, device=states.device)[None] < (torch.tensor(lengths, device=states.device)[:, None] - 1)
+    flat = position_stats(states[valid], head, targets[valid], stats)
+    arrays = {name: t.numpy() for name, t in flat.items()}
+    bounds = np.cumsum([0] + [n - 1 for n in lengths])
+    return [{name: a[bounds[row]:bounds[row + 1]] for name, a in arrays.items()} for row in range(len(lengths))]
+
+
+def _token_scores(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[TokenScores]:
+    """TokenScores of each row of a batch, the LM head applied in chunks of positions."""
+    return [TokenScores(logprob=row["logprob"].astype(np.float32), argmax=row["argmax"].astype(np.int64),
+                        margin=row["margin"].astype(np.float32), mean_logprob=row["mean_logprob"].astype(np.float32),
+                        std_logprob=row["std_logprob"].astype(np.float32))
+            for row in _row_stats(states, head, targets, lengths, ALL_STATS)]
