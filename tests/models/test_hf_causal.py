@@ -211,3 +211,15 @@ def test_position_stats_in_chunks_equal_the_full_log_softmax(monkeypatch):
     for name, value in expected.items():
         np.testing.assert_allclose(got[name].double().numpy(), value.numpy(), atol=1e-5, err_msg=name)
     assert set(token_stats.position_stats(states, head, targets, ("logprob",))) == {"logprob"}
+
+
+def test_pooled_decoding_after_divergence_equals_generate(hf_model):
+    # 7 batches of 4: the pool of rows left to decode flushes mid-way and mixes rows of different
+    # batches, prompt lengths and divergence points.
+    words = "red fox jumps over the lazy dog and cat runs".split()
+    texts = [" ".join(words[(i + k * (1 + i % 3)) % len(words)] for k in range(3 + i % 5)) for i in range(28)]
+    sequences = hf_model.tokenize(texts)
+    prompts = [max(1, len(ids) // 3 + i % 4) for i, ids in enumerate(sequences)]
+    pairs = hf_model.greedy_continuation(sequences, prompts)
+    for ids, p, (_, got) in zip(sequences, prompts, pairs, strict=True):
+        assert got == hf_model.generate([ids[:p]], len(ids) - p)[0]
