@@ -12,7 +12,7 @@ sensitive to other processes on the machine), and peak RSS above the loaded mode
 tokens are checked identical to `generate`'s.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/extraction.py [--job trained|smollm2|both]
-        [--samples 256] [--epochs 30] [--layers 4] [--width 256] [--smollm2-samples 64]
+        [--samples 256] [--memorized 48] [--epochs 150] [--layers 4] [--width 256] [--smollm2-samples 64]
         [--repeats 3] [--threads 2] [--batch 16] [--work DIR]
         [--suite]   # also: lm.loss, membership.attack, discoverable, probabilistic alone and together
 """
@@ -53,10 +53,11 @@ def rss_mb() -> float:
     return float("nan")
 
 
-def train_model(out: Path, samples: int, epochs: int, threads: int, layers: int = 6, width: int = 384
-                ) -> list[list[int]]:
-    """GPT-2 `layers` x `width` (6 x 384: 10.7M matmul parameters), byte tokenizer, fitted to
-    documents of random words until part of them is memorized; returns BOS + 64 bytes of each."""
+def train_model(out: Path, samples: int, epochs: int, threads: int, layers: int = 6, width: int = 384,
+                memorized: int = 48) -> list[list[int]]:
+    """GPT-2 `layers` x `width` (6 x 384: 10.7M matmul parameters), byte tokenizer, fitted for
+    `epochs` to the first `memorized` of `samples` documents of random words (so that part of the
+    job is memorized and the rest is not); returns BOS + 64 bytes of each document."""
     import numpy as np
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -73,13 +74,14 @@ def train_model(out: Path, samples: int, epochs: int, threads: int, layers: int 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), n_layer=layers, n_embd=width, n_head=width // 64, n_positions=128,
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id, activation_function="gelu_pytorch_tanh")
+                        pad_token_id=tokenizer.pad_token_id, activation_function="gelu_pytorch_tanh",
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
     model = GPT2LMHeadModel(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    batch = torch.tensor(sequences)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = torch.tensor(sequences[:memorized])
     for _ in range(epochs):
-        for start in range(0, len(batch), 32):
-            loss = model(batch[start:start + 32], labels=batch[start:start + 32]).loss
+        for start in range(0, len(batch), 8):
+            loss = model(batch[start:start + 8], labels=batch[start:start + 8]).loss
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -283,7 +285,8 @@ def main() -> None:
     parser.add_argument("--job", choices=("trained", "smollm2", "both"), default="both")
     parser.add_argument("--samples", type=int, default=256)
     parser.add_argument("--smollm2-samples", type=int, default=64)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--memorized", type=int, default=48, help="documents the model is trained on")
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
@@ -300,8 +303,10 @@ def main() -> None:
               f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
         if args.job in ("trained", "both"):
             model_dir = work / "trained"
-            sequences = train_model(model_dir, args.samples, args.epochs, args.threads, args.layers, args.width)
-            measure(f"GPT-2 {args.layers} x {args.width} trained {args.epochs} epochs on its data", str(model_dir), sequences, 33, args)  # BOS + 32 bytes
+            sequences = train_model(model_dir, args.samples, args.epochs, args.threads, args.layers, args.width,
+                                    args.memorized)
+            measure(f"GPT-2 {args.layers} x {args.width} trained {args.epochs} epochs on {args.memorized} of the "
+                    f"{args.samples} documents", str(model_dir), sequences, 33, args)  # BOS + 32 bytes
             if args.suite:
                 measure_suite(str(model_dir), args.samples, work)
         if args.job in ("smollm2", "both"):

@@ -161,9 +161,12 @@ def continue_from_scores(model: Any, sequences: Sequence[Sequence[int]], prompt_
         out.append(head)
         if remaining:
             todo.append((i, list(seq[:p]) + head, remaining))
-    if todo:
-        longest = max(r for _, _, r in todo)
-        for (i, _, remaining), rest in zip(todo, model.generate([t[1] for t in todo], longest), strict=True):
+    # Rows of similar remaining length generate together: a call makes as many tokens as its longest row.
+    todo.sort(key=lambda t: t[2], reverse=True)
+    size = getattr(getattr(model, "params", None), "batch_size", None) or max(1, len(todo))
+    for start in range(0, len(todo), size):
+        group = todo[start:start + size]
+        for (i, _, remaining), rest in zip(group, model.generate([t[1] for t in group], group[0][2]), strict=True):
             out[i].extend(rest[:remaining])
     return out
 
