@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-# Logits formed at once (64 MB in float32): SmolLM2's 49,152-token vocabulary gets 341 positions
-# per chunk, a byte tokenizer's 258 gets 16,000.
-CHUNK_ELEMENTS = 1 << 24
+# Logits formed at once (16 MB in float32; the log-softmax and the mean/std take a few times that):
+# SmolLM2's 49,152-token vocabulary gets 85 positions per chunk, a byte tokenizer's 258 gets 16,000.
+CHUNK_ELEMENTS = 1 << 22
 
 ALL_STATS = ("logprob", "argmax", "margin", "mean_logprob", "std_logprob")
 
