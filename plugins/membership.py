@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import string
 import zlib
+from fractions import Fraction
 from typing import Any, Literal
 
 import numpy as np
@@ -87,12 +88,13 @@ class MembershipAttack(Method):
     """Score every member and non-member with each attack; higher score = "more likely a member".
 
     loss: -(mean token NLL). zlib: -(mean token NLL) / zlib-compressed size of the UTF-8 text in
-    bytes (Carlini et al. 2021, as in the MIMIR benchmark). lowercase: -(NLL(x) - NLL(lower(x))),
+    bytes (Carlini et al. 2021, as in the MIMIR benchmark; of the scored tokens' text when
+    `max_tokens` or the context cuts it). lowercase: -(NLL(x) - NLL(lower(x))),
     the log of the perplexity ratio. reference: NLL_reference(x) - NLL_target(x). min_k: mean of
     the lowest k% token log-probs (Shi et al. 2024). min_k_plus_plus: mean of the lowest k% of
     (log p(x_t) - mu_t) / sigma_t, mu and sigma the mean and std of log p(z) under the model's
     next-token distribution (Zhang et al. 2024); where sigma < 1e-6 the distribution is flat and
-    the position scores 0. k% of n tokens is ceil(k n), at least one.
+    the position scores 0. k% of n tokens is ceil(k n) in exact arithmetic, at least one.
 
     Metrics per attack: ROC AUC, TPR at FPR <= 0.1%, 1%, 5% (non-strict: the best TPR among ROC
     points whose FPR is at most the target) and the best balanced accuracy, each with a stratified
@@ -171,7 +173,9 @@ class MembershipAttack(Method):
         records = []
         for i, unit in enumerate(batch):
             loss = -float(np.mean(target[i].logprob, dtype=np.float64))
-            scores = {attack: attack_score(attack, target[i], unit["text"], self.params.k,
+            # zlib compresses the text the loss is over: a cut sequence's own tokens, not the whole text
+            scored_text = context.model.decode(unit["ids"]) if unit["cut_tokens"] else unit["text"]
+            scores = {attack: attack_score(attack, target[i], scored_text, self.params.k,
                                            lower[i] if lower else None, ref[i] if ref else None)
                       for attack in attacks}
             records.append({"id": unit["sample"].id, "member": unit["member"], "n_tokens": len(unit["ids"]) - 1,
@@ -280,8 +284,15 @@ def standardized_logprob(scores: TokenScores) -> np.ndarray:
 
 
 def lowest_k_mean(values: np.ndarray, k: float) -> float:
-    count = max(1, math.ceil(k * values.size))
+    count = max(1, lowest_k_count(k, values.size))
     return float(np.sort(values)[:count].mean())
+
+
+def lowest_k_count(k: float, n: int) -> int:
+    """ceil(k n) for k as written in decimal (0.55 of 100 is 55): in binary floating point 0.55 * 100
+    is 55.000000000000007, whose ceiling takes one token too many."""
+    numerator, denominator = Fraction(repr(k)).as_integer_ratio()
+    return -(-numerator * n // denominator)
 
 
 def attack_metrics(attack: str, labels: np.ndarray, scores: np.ndarray, seed: int) -> list[Metric]:

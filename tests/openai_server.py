@@ -95,8 +95,8 @@ def _top_logprobs(model: Any, sequences: list[list[int]], k: int) -> list[tuple[
     """Per sequence: the log-prob of each token after the first, and the top-k (token, log-prob)
     at each of those positions, from one padded forward pass per batch (the adapter's own)."""
 
-    def per_batch(logits: Any, targets: Any, lengths: list[int]) -> list[Any]:
-        logprobs = torch.log_softmax(logits, dim=-1)
+    def per_batch(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[Any]:
+        logprobs = torch.log_softmax(head(states).float(), dim=-1)
         chosen = logprobs.gather(-1, targets[..., None])[..., 0]
         top = logprobs.topk(k, dim=-1)
         out = []

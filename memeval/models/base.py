@@ -128,19 +128,7 @@ class CausalLM(ModelAdapter):
         teacher-forced pass's KV cache for that generation override this.
         """
         scores = self.score(sequences)
-        out: list[tuple[TokenScores, list[int]]] = []
-        todo: list[tuple[int, list[int], int]] = []
-        for i, (seq, p, score) in enumerate(zip(sequences, prompt_lengths, scores, strict=True)):
-            truth = list(seq[p:])
-            head, remaining = greedy_head(truth, score.argmax[p - 1:].astype(int).tolist())
-            out.append((score, head))
-            if remaining:
-                todo.append((i, list(seq[:p]) + head, remaining))
-        if todo:
-            longest = max(r for _, _, r in todo)
-            for (i, _, remaining), rest in zip(todo, self.generate([t[1] for t in todo], longest), strict=True):
-                out[i][1].extend(rest[:remaining])
-        return out
+        return list(zip(scores, continue_from_scores(self, sequences, prompt_lengths, scores), strict=True))
 
     def sampler_logprobs(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0,
                          top_k: int | None = None, top_p: float | None = None) -> list[np.ndarray]:
@@ -160,6 +148,27 @@ def greedy_head(truth: list[int], predicted: list[int]) -> tuple[list[int], int]
     if first == len(truth):
         return list(truth), 0
     return list(truth[:first]) + [predicted[first]], len(truth) - first - 1
+
+
+def continue_from_scores(model: Any, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
+                         scores: Sequence[TokenScores]) -> list[list[int]]:
+    """Greedy continuations given each sequence's teacher-forced scores: the head they decide, then
+    `model.generate` (greedy) from the first divergence on."""
+    out: list[list[int]] = []
+    todo: list[tuple[int, list[int], int]] = []
+    for i, (seq, p, score) in enumerate(zip(sequences, prompt_lengths, scores, strict=True)):
+        head, remaining = greedy_head(list(seq[p:]), score.argmax[p - 1:].astype(int).tolist())
+        out.append(head)
+        if remaining:
+            todo.append((i, list(seq[:p]) + head, remaining))
+    # Rows of similar remaining length generate together: a call makes as many tokens as its longest row.
+    todo.sort(key=lambda t: t[2], reverse=True)
+    size = getattr(getattr(model, "params", None), "batch_size", None) or max(1, len(todo))
+    for start in range(0, len(todo), size):
+        group = todo[start:start + size]
+        for (i, _, remaining), rest in zip(group, model.generate([t[1] for t in group], group[0][2]), strict=True):
+            out[i].extend(rest[:remaining])
+    return out
 
 
 def fit_to_context(sequences: list[list[int]], model: CausalLM, max_tokens: int | None,
@@ -201,20 +210,31 @@ class CachedCausalLM:
     def greedy_continuation(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]
                             ) -> list[tuple[TokenScores, list[int]]]:
         """Cached: the continuation under its own key, the scores under the shared `score` key (so a
-        method that scores the same sequences later computes nothing)."""
+        method that scores the same sequences later computes nothing). Sequences whose scores are
+        cached already (another method scored them first) are not scored again: their greedy
+        continuation is generated from the first divergence those scores show."""
         keys = [output_key(self.model_id, "greedy_continuation", {"prompt_length": p}, ids)
                 for ids, p in zip(sequences, prompt_lengths, strict=True)]
         fresh: dict[int, TokenScores] = {}
 
         def compute(chosen: list[int]) -> list[list[int]]:
-            results = self.model.greedy_continuation([sequences[i] for i in chosen],
-                                                     [prompt_lengths[i] for i in chosen])
-            score_keys = [output_key(self.model_id, "score", {}, sequences[i]) for i in chosen]
-            known = self.cache.get_many(score_keys)
-            self.cache.put_many(self.model_id, "score", [(key, r[0].to_bytes()) for key, r in
-                                                         zip(score_keys, results, strict=True) if key not in known])
-            fresh.update({i: r[0] for i, r in zip(chosen, results, strict=True)})
-            return [r[1] for r in results]
+            score_keys = {i: output_key(self.model_id, "score", {}, sequences[i]) for i in chosen}
+            known = self.cache.get_many(list(score_keys.values()))
+            scored = [i for i in chosen if score_keys[i] in known]
+            unscored = [i for i in chosen if score_keys[i] not in known]
+            out: dict[int, list[int]] = {}
+            if scored:
+                given = [TokenScores.from_bytes(known[score_keys[i]]) for i in scored]
+                out.update(zip(scored, continue_from_scores(self.model, [sequences[i] for i in scored],
+                                                            [prompt_lengths[i] for i in scored], given), strict=True))
+            if unscored:
+                results = self.model.greedy_continuation([sequences[i] for i in unscored],
+                                                         [prompt_lengths[i] for i in unscored])
+                self.cache.put_many(self.model_id, "score", [(score_keys[i], r[0].to_bytes())
+                                                             for i, r in zip(unscored, results, strict=True)])
+                fresh.update({i: r[0] for i, r in zip(unscored, results, strict=True)})
+                out.update({i: r[1] for i, r in zip(unscored, results, strict=True)})
+            return [out[i] for i in chosen]
 
         continuations = self._cached("greedy_continuation", keys, compute,
                                      lambda ids: np.asarray(ids, dtype=np.int32).tobytes(),

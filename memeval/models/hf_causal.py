@@ -7,6 +7,7 @@ import hashlib
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ from pydantic import Field, model_validator
 from memeval.errors import UsageError
 from memeval.files import MANIFEST
 from memeval.models.base import AdapterContext, CausalLM, TokenScores, greedy_head
+from memeval.models.token_stats import ALL_STATS, position_stats, split_head
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
 
@@ -243,11 +245,10 @@ class HFCausal(CausalLM):
 
     def sequence_logprob(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """Total log-probability of each sequence (every token after the first)."""
-        import torch
 
-        def totals(logits: Any, targets: Any, lengths: list[int]) -> list[float]:
-            logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0].double()
-            return [float(logprobs[row, :n - 1].sum()) for row, n in enumerate(lengths)]
+        def totals(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[float]:
+            rows = _row_stats(states, head, targets, lengths, ("logprob",))
+            return [float(row["logprob"].sum(dtype=np.float64)) for row in rows]
 
         return self._forward(sequences, totals)
 
@@ -257,8 +258,8 @@ class HFCausal(CausalLM):
         `generate`) emits the true next token; -inf where the token is filtered out."""
         import torch
 
-        def under_sampler(logits: Any, targets: Any, lengths: list[int]) -> list[np.ndarray]:
-            filtered = filter_logits(logits / temperature, top_k, top_p)
+        def under_sampler(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[np.ndarray]:
+            filtered = filter_logits(head(states).float() / temperature, top_k, top_p)
             logprobs = torch.log_softmax(filtered, dim=-1).gather(-1, targets[..., None])[..., 0]
             rows = logprobs.double().cpu().numpy()
             return [rows[row, :n - 1] for row, n in enumerate(lengths)]
@@ -270,60 +271,73 @@ class HFCausal(CausalLM):
         """One teacher-forced pass per batch gives the scores and where greedy decoding first
         leaves the true tokens; generation goes on from there reusing that pass's KV cache: each
         row attends to its prompt and the true tokens before its divergence (the cached columns
-        after it are masked out) with explicit position ids, so no prefix is computed twice."""
+        after it are masked out) with explicit position ids, so no prefix is computed twice.
+
+        Rows left to decode are pooled over a few batches and decoded in batches of similar
+        remaining length: a batch steps as long as its longest row, so grouping a row that
+        diverged early with others that did saves the steps the late ones do not need."""
         import torch
 
         results: list[Any] = [None] * len(sequences)
         state: dict[str, Any] = {}
+        pending: list[_PendingRow] = []
 
-        def per_batch(logits: Any, targets: Any, lengths: list[int]) -> list[Any]:
-            state["scores"] = _token_scores(logits, targets, lengths)
+        def per_batch(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[Any]:
+            state["scores"] = _token_scores(states, head, targets, lengths)
             return list(range(len(lengths)))
 
         def after_batch(batch: list[int], output: Any, lengths: list[int]) -> None:
-            heads, todo = [], []
+            layers = _cache_layers(output.past_key_values)
             for row, i in enumerate(batch):
                 p = prompt_lengths[i]
                 truth = list(sequences[i][p:])
                 head, remaining = greedy_head(truth, state["scores"][row].argmax[p - 1:].astype(int).tolist())
-                heads.append(head)
+                results[i] = (state["scores"][row], head)
                 if remaining:
-                    todo.append((row, p + len(head) - 1, remaining))  # columns kept, tokens left
-            generated = self._decode_from_cache(output.past_key_values, todo, [heads[r][-1] for r, _, _ in todo])
-            for row, i in enumerate(batch):
-                results[i] = (state["scores"][row], heads[row] + generated.get(row, []))
+                    kept = p + len(head) - 1  # columns kept: the prompt and the true tokens before the divergence
+                    pending.append(_PendingRow(i, kept, remaining, head[-1],
+                                               [(k[row:row + 1, :, :kept].clone(), v[row:row + 1, :, :kept].clone())
+                                                for k, v in layers]))
+            if len(pending) >= DECODE_POOL_BATCHES * self.params.batch_size:
+                flush()
+
+        def flush() -> None:
+            pending.sort(key=lambda r: r.remaining, reverse=True)
+            for group in chunks(pending, self.params.batch_size):
+                for entry, made in zip(group, self._decode_rows(group), strict=True):
+                    results[entry.index][1].extend(made)
+            pending.clear()
 
         with torch.inference_mode():
             self._forward(sequences, per_batch, use_cache=True, after_batch=after_batch)
+            with self._threads():
+                flush()
         return results
 
-    def _decode_from_cache(self, cache: Any, todo: list[tuple[int, int, int]], first_tokens: list[int]
-                           ) -> dict[int, list[int]]:
-        """Greedy decoding for rows `todo` = (row, kept columns, tokens to make) of a batch whose
-        teacher-forced pass left `cache`; the first input of each row is its divergent token."""
+    def _decode_rows(self, rows: Sequence[_PendingRow]) -> list[list[int]]:
+        """Greedy decoding of `rows`, each from its own cached columns (right-padded to the widest
+        and masked); the first input of each row is its divergent token."""
         import torch
+        from transformers import DynamicCache
 
-        if not todo:
-            return {}
-        rows = torch.tensor([r for r, _, _ in todo])
-        cache.batch_select_indices(rows.to(self.device))
-        width = max(kept for _, kept, _ in todo)
-        surplus = cache.get_seq_length() - width
-        if surplus > 0:
-            cache.crop(-surplus)  # drop columns no row keeps (a negative count removes, in 4.x and 5.x)
-        mask = torch.zeros((len(todo), width), dtype=torch.long)
-        for k, (_, kept, _) in enumerate(todo):
-            mask[k, :kept] = 1
-        position = torch.tensor([kept for _, kept, _ in todo])
+        width = max(r.kept for r in rows)
+        cache = DynamicCache()
+        for layer in range(len(rows[0].layers)):
+            keys, values = (torch.cat([torch.nn.functional.pad(r.layers[layer][side], (0, 0, 0, width - r.kept))
+                                       for r in rows]) for side in (0, 1))
+            cache.update(keys, values, layer)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for k, r in enumerate(rows):
+            mask[k, :r.kept] = 1
+        position = torch.tensor([r.kept for r in rows])
         # A row that has made its tokens keeps stepping with the others (its extra tokens are dropped)
         # at its last position: advancing it could run past the model's position embeddings.
-        last = torch.tensor([kept + n - 1 for _, kept, n in todo])
-        current = torch.tensor(first_tokens)
-        steps = max(n for _, _, n in todo)
-        made: list[list[int]] = [[] for _ in todo]
+        last = torch.tensor([r.kept + r.remaining - 1 for r in rows])
+        current = torch.tensor([r.first_token for r in rows])
+        made: list[list[int]] = [[] for _ in rows]
         model = self.torch_model
-        for _ in range(steps):
-            mask = torch.cat([mask, torch.ones((len(todo), 1), dtype=torch.long)], dim=1)
+        for _ in range(max(r.remaining for r in rows)):
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
             with warnings.catch_warnings():  # transformers 5 renames past_key_values; 4.x knows only it
                 warnings.simplefilter("ignore", FutureWarning)
                 output = model(input_ids=current[:, None].to(self.device), attention_mask=mask.to(self.device),
@@ -334,13 +348,14 @@ class HFCausal(CausalLM):
             position = torch.minimum(position + 1, last)
             for k, token in enumerate(current.tolist()):
                 made[k].append(token)
-        return {r: made[k][:n] for k, (r, _, n) in enumerate(todo)}
+        return [m[:r.remaining] for m, r in zip(made, rows, strict=True)]
 
     def _forward(self, sequences: Sequence[Sequence[int]], per_batch: Any, use_cache: bool = False,
                  after_batch: Any = None) -> list[Any]:
-        """Right-padded batches of similar length through the model; `per_batch(logits, targets,
-        lengths)` turns a batch's float32 logits (positions 0..L-2) and next tokens (1..L-1) into one
-        result per sequence (vectorised over the batch; each row is cut to its own length)."""
+        """Right-padded batches of similar length through the model; `per_batch(states, head,
+        targets, lengths)` turns a batch's final hidden states (positions 0..L-2; `head` makes them
+        logits) and next tokens (1..L-1) into one result per sequence (vectorised over the batch;
+        each row is cut to its own length)."""
         import torch
 
         model = self.torch_model
@@ -363,15 +378,28 @@ class HFCausal(CausalLM):
                 for row, i in enumerate(batch):
                     ids[row, :lengths[row]] = torch.tensor(sequences[i])
                     mask[row, :lengths[row]] = 1
-                output = model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                               use_cache=use_cache)
-                logits = output.logits
-                results = per_batch(logits[:, :-1].float(), ids[:, 1:].to(logits.device), lengths)
+                output, states, head = self._run(model, ids.to(self.device), mask.to(self.device), use_cache)
+                results = per_batch(states[:, :-1], head, ids[:, 1:].to(states.device), lengths)
                 for i, result in zip(batch, results, strict=True):
                     out[i] = result
                 if after_batch is not None:
                     after_batch(batch, output, lengths)
         return out
+
+    @cached_property
+    def _head(self) -> tuple[Any, Any] | None:
+        return split_head(self.torch_model)
+
+    def _run(self, model: Any, ids: Any, mask: Any, use_cache: bool) -> tuple[Any, Any, Any]:
+        """(output, final hidden states, LM head): the head is applied later, only where and as
+        much as a method needs; a model whose logits are not head(states) gives its logits and
+        the identity."""
+        if self._head is None:
+            output = model(input_ids=ids, attention_mask=mask, use_cache=use_cache)
+            return output, output.logits, _identity
+        body, head = self._head
+        output = body(input_ids=ids, attention_mask=mask, use_cache=use_cache)
+        return output, output.last_hidden_state, head
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -517,22 +545,47 @@ def filter_logits(logits: Any, top_k: int | None, top_p: float | None) -> Any:
     return logits
 
 
-def _token_scores(logits: Any, targets: Any, lengths: list[int]) -> list[TokenScores]:
-    """TokenScores of each row of a batch, computed for the whole batch at once."""
+DECODE_POOL_BATCHES = 4  # batches whose rows left to decode are regrouped by remaining length
+
+
+@dataclass
+class _PendingRow:
+    """A row of a teacher-forced batch left to decode: its cached keys and values per layer."""
+
+    index: int
+    kept: int
+    remaining: int
+    first_token: int
+    layers: list[tuple[Any, Any]]
+
+
+def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:
+    """(keys, values) of each layer of a DynamicCache, [batch, heads, columns, dim]."""
+    if hasattr(cache, "layers"):
+        return [(layer.keys, layer.values) for layer in cache.layers]
+    return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers 4.x
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def _row_stats(states: Any, head: Any, targets: Any, lengths: list[int], stats: Sequence[str]
+               ) -> list[dict[str, np.ndarray]]:
+    """`position_stats` of each row's own positions (0..n-2): padding is never projected."""
     import torch
 
-    logprobs = torch.log_softmax(logits, dim=-1)
-    probs = logprobs.exp()
-    top = logprobs.topk(min(2, logprobs.shape[-1]), dim=-1)
-    margin = (top.values[..., 0] - top.values[..., 1]) if top.values.shape[-1] > 1 else top.values[..., 0] * 0
-    mean = (probs * logprobs).sum(-1)
-    var = (probs * (logprobs - mean[..., None]).square()).sum(-1)  # centred: no cancellation when flat
-    columns = {"logprob": logprobs.gather(-1, targets[..., None])[..., 0], "argmax": top.indices[..., 0],
-               "margin": margin, "mean_logprob": mean, "std_logprob": var.sqrt()}
-    arrays = {name: t.detach().cpu().numpy() for name, t in columns.items()}
-    return [TokenScores(logprob=arrays["logprob"][row, :n - 1].astype(np.float32),
-                        argmax=arrays["argmax"][row, :n - 1].astype(np.int64),
-                        margin=arrays["margin"][row, :n - 1].astype(np.float32),
-                        mean_logprob=arrays["mean_logprob"][row, :n - 1].astype(np.float32),
-                        std_logprob=arrays["std_logprob"][row, :n - 1].astype(np.float32))
-            for row, n in enumerate(lengths)]
+    width = states.shape[1]
+    valid = torch.arange(width, device=states.device)[None] < (torch.tensor(lengths, device=states.device)[:, None] - 1)
+    flat = position_stats(states[valid], head, targets[valid], stats)
+    arrays = {name: t.numpy() for name, t in flat.items()}
+    bounds = np.cumsum([0] + [n - 1 for n in lengths])
+    return [{name: a[bounds[row]:bounds[row + 1]] for name, a in arrays.items()} for row in range(len(lengths))]
+
+
+def _token_scores(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[TokenScores]:
+    """TokenScores of each row of a batch, the LM head applied in chunks of positions."""
+    return [TokenScores(logprob=row["logprob"].astype(np.float32), argmax=row["argmax"].astype(np.int64),
+                        margin=row["margin"].astype(np.float32), mean_logprob=row["mean_logprob"].astype(np.float32),
+                        std_logprob=row["std_logprob"].astype(np.float32))
+            for row in _row_stats(states, head, targets, lengths, ALL_STATS)]

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import numpy as np
@@ -110,15 +111,22 @@ class Probabilistic(Method):
         return probabilistic_sections(evaluation, records)
 
 
+TINY_LOG_P = -50.0  # below, p_z < 2e-22 and log(1 - p_z) = -p_z (1 + p_z / 2 + ...) is -p_z in doubles
+
+
 def extraction_odds(log_p: float, n: int, target: float) -> dict[str, Any]:
     """1 - (1 - p_z)^n and the queries needed to reach `target`, in log space so that neither a
     p_z that underflows (long suffixes) nor one that rounds to 1 breaks them."""
     if log_p == -math.inf:
         return {"probability_within_n": 0.0, "queries_needed": None}
-    p = math.exp(log_p)
-    if p >= 1.0:
+    if log_p >= 0.0:
         return {"probability_within_n": 1.0, "queries_needed": 1}
-    log1m = math.log1p(-p) if p > 1e-300 else -p  # log(1 - p_z); ~ -p_z when p_z is tiny
+    if log_p < TINY_LOG_P:  # log(1 - p_z) = -p_z to double precision: everything follows from log p_z
+        within = -math.expm1(-math.exp(math.log(n) + log_p))
+        needed = int((Decimal(-math.log1p(-target)).ln() - Decimal(log_p)).exp().to_integral_value(ROUND_CEILING))
+        return {"probability_within_n": within, "queries_needed": max(1, needed)}
+    # log(1 - p_z) without forming 1 - p_z where that loses it: near p_z = 1 it is log(-expm1(log p_z)).
+    log1m = math.log(-math.expm1(log_p)) if log_p > -math.log(2) else math.log1p(-math.exp(log_p))
     within = -math.expm1(n * log1m)
-    needed = math.ceil(math.log1p(-target) / log1m) if log1m < 0 else None
-    return {"probability_within_n": within, "queries_needed": max(1, needed) if needed is not None else None}
+    needed = math.ceil(math.log1p(-target) / log1m)
+    return {"probability_within_n": within, "queries_needed": max(1, needed)}

@@ -25,11 +25,13 @@ def test_score_equals_one_unpadded_forward_per_sequence(hf_model, reference):
     model, tok = reference
     sequences = hf_model.tokenize(TEXTS)
     scores = hf_model.score(sequences)
-    for ids, score in zip(sequences, scores, strict=True):
+    totals = hf_model.sequence_logprob(sequences)
+    for ids, score, total in zip(sequences, scores, totals, strict=True):
         with torch.no_grad():
             logprobs = model(torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
         target = torch.tensor(ids[1:])
         np.testing.assert_allclose(score.logprob, logprobs[torch.arange(len(target)), target].numpy(), atol=1e-5)
+        assert total == pytest.approx(float(logprobs[torch.arange(len(target)), target].double().sum()), abs=1e-4)
         assert score.argmax.tolist() == logprobs.argmax(-1).tolist()
         top2 = logprobs.topk(2, -1).values
         np.testing.assert_allclose(score.margin, (top2[:, 0] - top2[:, 1]).numpy(), atol=1e-5)
@@ -151,3 +153,73 @@ def test_generation_and_scoring_refuse_what_the_model_cannot_take(hf_model):
         hf_model.score([[]])
     with pytest.raises(UsageError, match="outside the model's vocabulary"):
         hf_model.score([[1, 99999]])
+
+
+def test_greedy_continuation_reuses_scores_another_method_cached(hf_model, tmp_path, monkeypatch):
+    from memeval.cache import OutputCache
+    from memeval.models.base import CachedCausalLM
+
+    sequences = [ids for ids in hf_model.tokenize(TEXTS) if len(ids) > 6]
+    prompts = [len(ids) // 2 for ids in sequences]
+    first = CachedCausalLM(hf_model, OutputCache(tmp_path / "a")).greedy_continuation(sequences, prompts)
+    scored_first = CachedCausalLM(hf_model, OutputCache(tmp_path / "b"))
+    scored_first.score(sequences)  # e.g. lm.loss ran before extraction.discoverable
+
+    def no_second_pass(*args, **kwargs):
+        raise AssertionError("the teacher-forced pass was run again")
+
+    monkeypatch.setattr(hf_model, "score", no_second_pass)
+    monkeypatch.setattr(hf_model, "greedy_continuation", no_second_pass)
+    second = scored_first.greedy_continuation(sequences, prompts)
+    for ids, p, (s1, g1), (s2, g2) in zip(sequences, prompts, first, second, strict=True):
+        assert g1 == g2 == hf_model.generate([ids[:p]], len(ids) - p)[0]
+        np.testing.assert_array_equal(s1.logprob, s2.logprob)
+
+
+def test_lm_head_is_split_off_only_where_logits_are_head_of_states(tiny_model_dir, hf_model):
+    from transformers import GPT2LMHeadModel
+
+    from memeval.models.token_stats import split_head
+
+    assert hf_model._head is not None
+
+    class Scaled(GPT2LMHeadModel):  # a final logit transform, as soft-capping models have
+        def forward(self, *args, **kwargs):
+            out = super().forward(*args, **kwargs)
+            out.logits = out.logits * 2
+            return out
+
+    assert split_head(Scaled.from_pretrained(tiny_model_dir).eval()) is None
+
+
+def test_position_stats_in_chunks_equal_the_full_log_softmax(monkeypatch):
+    from memeval.models import token_stats
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 50, bias=False)
+    states, targets = torch.randn(37, 8), torch.randint(0, 50, (37,))
+    monkeypatch.setattr(token_stats, "CHUNK_ELEMENTS", 50 * 5)  # 5 positions per chunk
+    got = token_stats.position_stats(states, head, targets)
+    with torch.no_grad():
+        logprobs = head(states).log_softmax(-1).double()
+    p = logprobs.exp()
+    mean = (p * logprobs).sum(-1)
+    top = logprobs.topk(2, -1).values
+    expected = {"logprob": logprobs[torch.arange(37), targets], "argmax": logprobs.argmax(-1),
+                "margin": top[:, 0] - top[:, 1], "mean_logprob": mean,
+                "std_logprob": (p * (logprobs - mean[:, None]) ** 2).sum(-1).sqrt()}
+    for name, value in expected.items():
+        np.testing.assert_allclose(got[name].double().numpy(), value.numpy(), atol=1e-5, err_msg=name)
+    assert set(token_stats.position_stats(states, head, targets, ("logprob",))) == {"logprob"}
+
+
+def test_pooled_decoding_after_divergence_equals_generate(hf_model):
+    # 7 batches of 4: the pool of rows left to decode flushes mid-way and mixes rows of different
+    # batches, prompt lengths and divergence points.
+    words = ["red", "fox", "jumps", "over", "the", "lazy", "dog", "and", "cat", "runs"]
+    texts = [" ".join(words[(i + k * (1 + i % 3)) % len(words)] for k in range(3 + i % 5)) for i in range(28)]
+    sequences = hf_model.tokenize(texts)
+    prompts = [max(1, len(ids) // 3 + i % 4) for i, ids in enumerate(sequences)]
+    pairs = hf_model.greedy_continuation(sequences, prompts)
+    for ids, p, (_, got) in zip(sequences, prompts, pairs, strict=True):
+        assert got == hf_model.generate([ids[:p]], len(ids) - p)[0]

@@ -139,8 +139,22 @@ def test_extraction_odds_closed_form():
     assert extraction_odds(-math.inf, 5, 0.5)["probability_within_n"] == 0.0
     tiny = extraction_odds(-60.0, 10, 0.5)  # p_z ~ 1e-26: no underflow to 0 for 1-(1-p)^n
     assert tiny["probability_within_n"] == pytest.approx(10 * math.exp(-60.0), rel=1e-6)
-    vanishing = extraction_odds(-800.0, 10, 0.5)  # p_z underflows to 0.0 in floating point
-    assert vanishing["probability_within_n"] == 0.0 and vanishing["queries_needed"] is None
+    near_one = extraction_odds(-1e-12, 1, 0.5)  # 1 - p_z = 1e-12, lost if p_z is formed first
+    assert near_one["probability_within_n"] == pytest.approx(1.0) and near_one["queries_needed"] == 1
+
+
+def test_extraction_odds_agree_with_arbitrary_precision_where_p_z_underflows():
+    import mpmath
+
+    mpmath.mp.dps = 60
+    for log_p, n, target in ((-800.0, 10, 0.5), (-745.5, 10**6, 0.9), (-2000.0, 7, 0.01), (-700.0, 1000, 0.5),
+                             (-1e-12, 3, 0.999999), (-30.0, 10**9, 0.5), (-0.1, 50, 0.99), (-49.9, 10**20, 0.5)):
+        p_z = mpmath.exp(log_p)
+        log1m = mpmath.log1p(-p_z)
+        odds = extraction_odds(log_p, n, target)
+        assert odds["probability_within_n"] == pytest.approx(float(-mpmath.expm1(n * log1m)), rel=1e-9, abs=0)
+        needed = mpmath.ceil(mpmath.log1p(-target) / log1m)
+        assert abs(mpmath.mpf(odds["queries_needed"]) - needed) <= max(1, needed * 1e-12), (log_p, n, target)
     assert extraction_odds(-1e-17, 3, 0.5) == {"probability_within_n": 1.0, "queries_needed": 1}
 
 

@@ -13,7 +13,12 @@ from helpers import read_run, write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memeval.models.base import TokenScores
-from memeval_plugins.membership import attack_score, lowest_k_mean, standardized_logprob
+from memeval_plugins.membership import (
+    attack_score,
+    lowest_k_count,
+    lowest_k_mean,
+    standardized_logprob,
+)
 
 WORDS = ["amber", "basil", "cedar", "delta", "ember", "fjord", "garnet", "harbor", "indigo", "juniper", "kelp", "lumen", "mossy", "nectar", "onyx", "prism", "quartz", "raven", "sable", "thorn", "umber", "vapor", "willow", "xenon", "yarrow", "zephyr"]
 RECIPE = {"adapter": "recipe", "dataset": "members", "tokenizer": {"kind": "bytes"},
@@ -163,6 +168,47 @@ def test_min_k_plus_plus_stays_finite_on_a_flat_distribution(tiny_model_dir, tmp
 def test_lowest_k_mean_takes_at_least_one_token():
     assert lowest_k_mean(np.array([3.0, 1.0, 2.0]), 0.01) == 1.0
     assert lowest_k_mean(np.array([3.0, 1.0, 2.0, 0.0]), 0.5) == 0.5
+
+
+def test_lowest_k_count_is_the_exact_decimal_ceiling():
+    from decimal import Decimal
+
+    assert [lowest_k_count(k, n) for k, n in ((0.55, 100), (0.07, 100), (0.28, 25))] == [55, 7, 7]
+    for hundredths in range(1, 101):
+        k = hundredths / 100
+        for n in (1, 3, 7, 25, 100, 999):
+            assert lowest_k_count(k, n) == math.ceil(Decimal(str(k)) * n), (k, n)
+    assert lowest_k_mean(np.arange(100.0)[::-1], 0.55) == pytest.approx(np.arange(55.0).mean())
+
+
+def test_zlib_attack_compresses_the_text_it_scores_when_max_tokens_cuts_it(tiny_model_dir, tmp_path, run_cli,
+                                                                            cache_dir):
+    import zlib
+
+    rng = random.Random(2)
+    texts = random_docs(rng, 8, (12, 16))
+    write_jsonl(tmp_path / "members.jsonl", [{"text": t} for t in texts[:4]])
+    write_jsonl(tmp_path / "non.jsonl", [{"text": t} for t in texts[4:]])
+    (tmp_path / "s.yaml").write_text(suite_text({"target": {"adapter": "hf-causal", "path": str(tiny_model_dir)}},
+                                                """  - id: mia
+    method: membership.attack
+    model: target
+    dataset: members
+    params: {non_members: non, attacks: [loss, zlib], blind_baseline: false, max_tokens: 20}
+"""))
+    assert run_cli("run", tmp_path / "s.yaml", "--out", tmp_path / "run")[0] == 0
+    records = [json.loads(x) for x in (tmp_path / "run/records/mia.jsonl").read_text().splitlines()]
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    for record in records:
+        ids = tok(record["text"]).input_ids[:20]
+        assert record["cut_tokens"] > 0
+        with torch.no_grad():
+            lp = model(torch.tensor([ids])).logits[0, :-1].float().log_softmax(-1)
+        mean = lp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].double().mean().item()
+        kept_text = tok.decode(ids)
+        assert len(kept_text) < len(record["text"])
+        assert record["scores"]["zlib"] == pytest.approx(mean / len(zlib.compress(kept_text.encode())), abs=2e-5)
 
 
 def test_blind_baseline_flags_a_biased_split(tmp_path, run_cli, tiny_model_dir, cache_dir):
