@@ -12,7 +12,7 @@ sensitive to other processes on the machine), and peak RSS above the loaded mode
 tokens are checked identical to `generate`'s.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/extraction.py [--job trained|smollm2|both]
-        [--samples 256] [--memorized 48] [--epochs 150] [--layers 4] [--width 256] [--smollm2-samples 64]
+        [--samples 256] [--memorized 48] [--epochs 150] [--layers 6] [--width 384] [--smollm2-samples 64]
         [--repeats 3] [--threads 2] [--batch 16] [--work DIR]
         [--suite]   # also: lm.loss, membership.attack, discoverable, probabilistic alone and together
 """
@@ -287,8 +287,8 @@ def main() -> None:
     parser.add_argument("--smollm2-samples", type=int, default=64)
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--memorized", type=int, default=48, help="documents the model is trained on")
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--width", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--width", type=int, default=384)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch", type=int, default=16)

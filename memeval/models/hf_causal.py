@@ -384,6 +384,7 @@ class HFCausal(CausalLM):
                     out[i] = result
                 if after_batch is not None:
                     after_batch(batch, output, lengths)
+                del output, states, results  # else held through the next batch's forward pass
         return out
 
     @cached_property
