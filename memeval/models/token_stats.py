@@ -39,38 +39,71 @@ def position_stats(states: Any, head: Any, targets: Any, stats: Collection[str] 
     """`stats` of next-token prediction at each of N positions: `states` [N, H] final hidden
     states (or [N, V] logits with `head` the identity), `targets` [N] the true next tokens.
     Returns [N] tensors on the CPU: log p(target), argmax, top-1 minus top-2 log-prob, and the mean
-    and standard deviation of log p(z) under the model's next-token distribution."""
+    and standard deviation of log p(z) under the model's next-token distribution.
+
+    Every chunk is reduced in the same [chunk, V] buffers: a fresh set of full-vocabulary
+    temporaries per chunk left glibc holding 700-900 MB of freed heap after scoring 64 windows
+    with SmolLM2 (49,152-token vocabulary)."""
     import torch
 
     vocab = head.out_features if hasattr(head, "out_features") else states.shape[-1]
     step = max(1, CHUNK_ELEMENTS // max(1, vocab))
     parts: dict[str, list[Any]] = {name: [] for name in stats}
+    width = min(step, states.shape[0])
+    logits = torch.empty((width, vocab), dtype=torch.float32, device=states.device)
+    scratch = torch.empty_like(logits)
+    product = torch.empty_like(logits) if {"mean_logprob", "std_logprob"} & set(stats) else None
     with torch.inference_mode():
         for start in range(0, states.shape[0], step):
-            _reduce_chunk(head(states[start:start + step]).float(), targets[start:start + step], parts)
+            chunk = states[start:start + step]
+            rows = _project(chunk, head, logits[:chunk.shape[0]])
+            n = chunk.shape[0]
+            _reduce_chunk(rows, scratch[:n], None if product is None else product[:n],
+                          targets[start:start + step], parts)
     empty = {"argmax": torch.long}
     return {name: (torch.cat(chunks) if chunks else torch.zeros(0, dtype=empty.get(name, torch.float32))).cpu()
             for name, chunks in parts.items()}
 
 
-def _reduce_chunk(logits: Any, targets: Any, parts: dict[str, list[Any]]) -> None:
+def _project(chunk: Any, head: Any, out: Any) -> Any:
+    """head(chunk) as float32 written into `out` (no new [chunk, V] tensor for a float32 linear head)."""
     import torch
 
-    logprobs = torch.log_softmax(logits, dim=-1)
-    if "logprob" in parts:
-        parts["logprob"].append(logprobs.gather(-1, targets[:, None])[:, 0])
+    weight = getattr(head, "weight", None)
+    if isinstance(head, torch.nn.Linear) and weight.dtype == torch.float32 and chunk.dtype == torch.float32:
+        torch.mm(chunk, weight.t(), out=out)
+        if head.bias is not None:
+            out.add_(head.bias)
+        return out
+    return out.copy_(head(chunk))
+
+
+def _reduce_chunk(logits: Any, scratch: Any, product: Any, targets: Any, parts: dict[str, list[Any]]) -> None:
+    """The statistics of one chunk, in place: `logits` becomes the log-probs (then their deviation
+    from the mean), `scratch` the probabilities, `product` their products (summed pairwise: a row
+    dot product's float32 error makes a flat distribution's std 1.5e-5 instead of 0); only [chunk]
+    vectors are allocated."""
+    import torch
+
     if "argmax" in parts or "margin" in parts:
-        top = logprobs.topk(min(2, logprobs.shape[-1]), dim=-1)
+        top = logits.topk(min(2, logits.shape[-1]), dim=-1)  # a shift by a row constant keeps them
         if "argmax" in parts:
             parts["argmax"].append(top.indices[:, 0])
         if "margin" in parts:
             values = top.values
             parts["margin"].append(values[:, 0] - values[:, 1] if values.shape[-1] > 1 else values[:, 0] * 0)
+    peak = logits.amax(-1, keepdim=True)
+    logits.sub_(peak)
+    torch.exp(logits, out=scratch)
+    total = scratch.sum(-1, keepdim=True)
+    logits.sub_(total.log())  # log-softmax
+    if "logprob" in parts:
+        parts["logprob"].append(logits.gather(-1, targets[:, None])[:, 0])
     if "mean_logprob" in parts or "std_logprob" in parts:
-        probs = logprobs.exp()
-        mean = (probs * logprobs).sum(-1)
-        var = (probs * (logprobs - mean[:, None]).square()).sum(-1)  # centred: no cancellation when flat
+        scratch.div_(total)  # probabilities
+        mean = torch.mul(scratch, logits, out=product).sum(-1)
+        logits.sub_(mean[:, None]).square_()  # centred: no cancellation when flat
         if "mean_logprob" in parts:
             parts["mean_logprob"].append(mean)
         if "std_logprob" in parts:
-            parts["std_logprob"].append(var.sqrt())
+            parts["std_logprob"].append(torch.mul(scratch, logits, out=product).sum(-1).sqrt())
