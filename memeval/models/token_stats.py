@@ -56,9 +56,8 @@ def position_stats(states: Any, head: Any, targets: Any, stats: Collection[str] 
     with torch.inference_mode():
         for start in range(0, states.shape[0], step):
             chunk = states[start:start + step]
-            rows = _project(chunk, head, logits[:chunk.shape[0]])
             n = chunk.shape[0]
-            _reduce_chunk(rows, scratch[:n], None if product is None else product[:n],
+            _reduce_chunk(_project(chunk, head, logits[:n]), scratch[:n], None if product is None else product[:n],
                           targets[start:start + step], parts)
     empty = {"argmax": torch.long}
     return {name: (torch.cat(chunks) if chunks else torch.zeros(0, dtype=empty.get(name, torch.float32))).cpu()
