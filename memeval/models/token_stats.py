@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-# Logits formed at once (16 MB in float32; the log-softmax and the mean/std take a few times that):
+# Logits formed at once (16 MB in float32; three such buffers when the mean/std are asked for):
 # SmolLM2's 49,152-token vocabulary gets 85 positions per chunk, a byte tokenizer's 258 gets 16,000.
 CHUNK_ELEMENTS = 1 << 22
 
