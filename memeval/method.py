@@ -122,6 +122,9 @@ class Method:
     model_params: ClassVar[tuple[str, ...]] = ()
     # The fields of the records `map` returns, field -> description (the method reference lists them).
     records: ClassVar[dict[str, str]] = {}
+    # Model batches `map` receives at once: a method whose model calls pool work over several
+    # batches (greedy decoding after the first divergence) asks for more than one.
+    batches_per_map: ClassVar[int] = 1
 
     def __init__(self, params: BaseModel):
         self.params = params

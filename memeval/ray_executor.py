@@ -44,7 +44,15 @@ from memeval.errors import UsageError
 from memeval.models.base import CachedCausalLM, CausalLM
 from memeval.plugins import build_registry, make_plugin_manager
 from memeval.results import EvaluationResult
-from memeval.runner import EvaluationContext, Session, batches, map_reduce, prepare, reduce
+from memeval.runner import (
+    EvaluationContext,
+    Session,
+    batches,
+    map_reduce,
+    map_size,
+    prepare,
+    reduce,
+)
 from memeval.stash import StashKey
 from memeval.suite import ExecutorSpec
 
@@ -288,7 +296,7 @@ def memeval_run_evaluation(item: Item, context: EvaluationContext) -> Evaluation
         context.warn(f"ran in this process, not on Ray: the prepared method cannot be sent to a worker "
                      f"({type(exc).__name__}: {exc})")
         return map_reduce(item, context, method, units)
-    groups = batches(method, units, context.batch_size)
+    groups = batches(method, units, map_size(method, context))
     done = replay(method, units, groups, context)
     todo = [b for b in range(len(groups)) if b not in done]
     session.log(f"{item.id}: {len(groups)} batches, {len(done)} replayed from the cache, {len(todo)} sent to Ray")

@@ -256,6 +256,11 @@ def batches(method: Any, units: list[Any], size: int) -> list[list[int]]:
     return [order[start:start + size] for start in range(0, len(order), size)]
 
 
+def map_size(method: Any, context: EvaluationContext) -> int:
+    """Units per `map` call: the batch size, times the batches the method asks for at once."""
+    return context.batch_size * max(1, getattr(method, "batches_per_map", 1))
+
+
 def map_reduce(item: Item, context: EvaluationContext, method: Any, units: list[Any]) -> EvaluationResult:
     """`map` over the prepared units in this process, records streamed out, then `reduce`."""
     from tqdm import tqdm
@@ -263,7 +268,7 @@ def map_reduce(item: Item, context: EvaluationContext, method: Any, units: list[
     records: list[dict[str, Any]] = []
     quiet = context.session.config.verbosity < 0
     with tqdm(total=len(units), desc=item.id, unit="sample", file=sys.stderr, disable=quiet, leave=False) as bar:
-        for batch in batches(method, units, context.batch_size):
+        for batch in batches(method, units, map_size(method, context)):
             batch_records = method.map([units[i] for i in batch], context)
             context.emit(batch_records)
             records.extend(batch_records)

@@ -7,7 +7,6 @@ import hashlib
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +17,7 @@ from pydantic import Field, model_validator
 from memeval.errors import UsageError
 from memeval.files import MANIFEST
 from memeval.models.base import AdapterContext, CausalLM, TokenScores, greedy_head
+from memeval.models.decode_pool import DecodePool, PoolRow, pool_rows
 from memeval.models.token_stats import ALL_STATS, position_stats, split_head
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
@@ -270,85 +270,57 @@ class HFCausal(CausalLM):
                             ) -> list[tuple[TokenScores, list[int]]]:
         """One teacher-forced pass per batch gives the scores and where greedy decoding first
         leaves the true tokens; generation goes on from there reusing that pass's KV cache: each
-        row attends to its prompt and the true tokens before its divergence (the cached columns
-        after it are masked out) with explicit position ids, so no prefix is computed twice.
-
-        Rows left to decode are pooled over a few batches and decoded in batches of similar
-        remaining length: a batch steps as long as its longest row, so grouping a row that
-        diverged early with others that did saves the steps the late ones do not need."""
+        row attends to its prompt and the true tokens before its divergence, with explicit position
+        ids, so no prefix is computed twice. The rows left to decode are pooled over a few batches
+        and decoded together (`memeval.models.decode_pool`)."""
         import torch
 
         results: list[Any] = [None] * len(sequences)
         state: dict[str, Any] = {}
-        pending: list[_PendingRow] = []
+        columns = max(len(s) for s in sequences) - 1 if sequences else 0
+        pool = DecodePool(columns, lambda column_bytes: pool_rows(self.params.batch_size, column_bytes, columns,
+                                                                  self._weight_bytes))
 
         def per_batch(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[Any]:
             state["scores"] = _token_scores(states, head, targets, lengths)
             return list(range(len(lengths)))
 
         def after_batch(batch: list[int], output: Any, lengths: list[int]) -> None:
-            layers = _cache_layers(output.past_key_values)
+            waiting = []
             for row, i in enumerate(batch):
                 p = prompt_lengths[i]
                 truth = list(sequences[i][p:])
                 head, remaining = greedy_head(truth, state["scores"][row].argmax[p - 1:].astype(int).tolist())
                 results[i] = (state["scores"][row], head)
-                if remaining:
-                    kept = p + len(head) - 1  # columns kept: the prompt and the true tokens before the divergence
-                    pending.append(_PendingRow(i, kept, remaining, head[-1],
-                                               [(k[row:row + 1, :, :kept].clone(), v[row:row + 1, :, :kept].clone())
-                                                for k, v in layers]))
-            if len(pending) >= DECODE_POOL_BATCHES * self.params.batch_size:
-                flush()
+                if remaining:  # kept: the prompt and the true tokens before the divergence
+                    waiting.append((row, PoolRow(i, p + len(head) - 1, remaining, head[-1])))
+            if not pool.room_for(len(waiting)):
+                decode()
+            layers = _cache_layers(output.past_key_values)
+            for row, entry in waiting:
+                pool.add(layers, row, entry)
 
-        def flush() -> None:
-            pending.sort(key=lambda r: r.remaining, reverse=True)
-            for group in chunks(pending, self.params.batch_size):
-                for entry, made in zip(group, self._decode_rows(group), strict=True):
-                    results[entry.index][1].extend(made)
-            pending.clear()
+        def decode() -> None:
+            for i, made in pool.decode(self._greedy_step).items():
+                results[i][1].extend(made)
 
         with torch.inference_mode():
             self._forward(sequences, per_batch, use_cache=True, after_batch=after_batch)
             with self._threads():
-                flush()
+                decode()
         return results
 
-    def _decode_rows(self, rows: Sequence[_PendingRow]) -> list[list[int]]:
-        """Greedy decoding of `rows`, each from its own cached columns (right-padded to the widest
-        and masked); the first input of each row is its divergent token."""
-        import torch
-        from transformers import DynamicCache
+    def _greedy_step(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
+        """The argmax next token of each row, one token per row on top of `cache`."""
+        with warnings.catch_warnings():  # transformers 5 renames past_key_values; 4.x knows only it
+            warnings.simplefilter("ignore", FutureWarning)
+            output = self.torch_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                      position_ids=positions.to(self.device), past_key_values=cache, use_cache=True)
+        return output.logits[:, -1].float().argmax(-1).cpu()
 
-        width = max(r.kept for r in rows)
-        cache = DynamicCache()
-        for layer in range(len(rows[0].layers)):
-            keys, values = (torch.cat([torch.nn.functional.pad(r.layers[layer][side], (0, 0, 0, width - r.kept))
-                                       for r in rows]) for side in (0, 1))
-            cache.update(keys, values, layer)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for k, r in enumerate(rows):
-            mask[k, :r.kept] = 1
-        position = torch.tensor([r.kept for r in rows])
-        # A row that has made its tokens keeps stepping with the others (its extra tokens are dropped)
-        # at its last position: advancing it could run past the model's position embeddings.
-        last = torch.tensor([r.kept + r.remaining - 1 for r in rows])
-        current = torch.tensor([r.first_token for r in rows])
-        made: list[list[int]] = [[] for _ in rows]
-        model = self.torch_model
-        for _ in range(max(r.remaining for r in rows)):
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long)], dim=1)
-            with warnings.catch_warnings():  # transformers 5 renames past_key_values; 4.x knows only it
-                warnings.simplefilter("ignore", FutureWarning)
-                output = model(input_ids=current[:, None].to(self.device), attention_mask=mask.to(self.device),
-                               position_ids=position[:, None].to(self.device), past_key_values=cache,
-                               use_cache=True)
-            current = output.logits[:, -1].float().argmax(-1).cpu()
-            cache = output.past_key_values
-            position = torch.minimum(position + 1, last)
-            for k, token in enumerate(current.tolist()):
-                made[k].append(token)
-        return [m[:r.remaining] for m, r in zip(made, rows, strict=True)]
+    @cached_property
+    def _weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.torch_model.parameters())
 
     def _forward(self, sequences: Sequence[Sequence[int]], per_batch: Any, use_cache: bool = False,
                  after_batch: Any = None) -> list[Any]:
@@ -544,20 +516,6 @@ def filter_logits(logits: Any, top_k: int | None, top_p: float | None) -> Any:
         remove = remove_sorted.scatter(-1, order, remove_sorted)
         logits = logits.masked_fill(remove, float("-inf"))
     return logits
-
-
-DECODE_POOL_BATCHES = 4  # batches whose rows left to decode are regrouped by remaining length
-
-
-@dataclass
-class _PendingRow:
-    """A row of a teacher-forced batch left to decode: its cached keys and values per layer."""
-
-    index: int
-    kept: int
-    remaining: int
-    first_token: int
-    layers: list[tuple[Any, Any]]
 
 
 def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:
