@@ -132,12 +132,34 @@ def run_generate(model_dir: str, sequences: list[list[int]], prefix: int, thread
             "peak_mb": peak_rss_mb(), "above_load_mb": peak_rss_mb() - loaded}
 
 
+class MethodContext:
+    """What `extraction.discoverable` asks of its context in a run, minus the files."""
+
+    def __init__(self, model, batch_size: int):
+        self.model, self.batch_size, self.seed = model, batch_size, 0
+        self.params, self.warnings, self.artifacts = None, [], {}
+
+    def warn(self, message: str) -> None:
+        self.warnings.append(message)
+
+    def truncated(self, count: int, total: int, what: str, requested: bool = False) -> None:
+        raise AssertionError(f"nothing should be cut here: {count} of {total} {what}")
+
+    def artifact(self, name: str, value) -> None:
+        self.artifacts[name] = value
+
+
 def run_memeval(model_dir: str, sequences: list[list[int]], prefix: int, threads: int, batch: int) -> dict:
-    """extraction.discoverable's default path (memorization score on): teacher-forced scores, the
-    greedy continuation, and each sample's decision."""
+    """extraction.discoverable with its default parameters, as `memeval run --cache off` runs it:
+    samples split by the method (`prepare`), the runner's batches (`map_size`: four model batches
+    per `map` call), `map` through the output-cache wrapper, then `reduce` (bootstrap CIs). The
+    trained job's samples are its texts (the method puts the BOS in front), SmolLM2's token ids."""
     from memeval.cache import OutputCache
     from memeval.models import AdapterContext, HFCausal
-    from memeval_plugins.extraction.discoverable import greedy_decision
+    from memeval.models.base import CachedCausalLM
+    from memeval.runner import batches, map_size
+    from memeval.sample import Sample
+    from memeval_plugins.extraction.discoverable import Discoverable
 
     with tempfile.TemporaryDirectory() as tmp:
         context = AdapterContext(base_dir=Path(tmp), seed=0, cache=OutputCache(Path(tmp), "off"),
@@ -145,14 +167,25 @@ def run_memeval(model_dir: str, sequences: list[list[int]], prefix: int, threads
         model = HFCausal(HFCausal.Params(path=model_dir, batch_size=batch, threads=threads), context)
         model.torch_model  # noqa: B018 - load the weights before timing, as the baselines do
         model._head  # noqa: B018 - and check once that the LM head can be split off (a model property)
+        bos = model.tokenizer.bos_token_id
+        with_bos = prefix == 33 and all(s[0] == bos for s in sequences)
+        samples = [Sample(id=str(i), text=bytes(s[1:]).decode()) if with_bos else Sample(id=str(i), tokens=list(s))
+                   for i, s in enumerate(sequences)]
+        method = Discoverable(Discoverable.Params())
+        run = MethodContext(CachedCausalLM(model, OutputCache(Path(tmp), "off")), batch)
         loaded = rss_mb()
-        units = [{"lead": [], "context": s[:prefix], "suffix": s[prefix:]} for s in sequences]
         started, cpu = time.perf_counter(), time.process_time()
-        pairs = model.greedy_continuation(sequences, [prefix] * len(sequences))
-        decisions = [greedy_decision(u, score, prefix) for u, (score, _) in zip(units, pairs, strict=True)]
+        units = method.prepare(samples, run)
+        assert [u["lead"] + u["context"] + u["suffix"] for u in units] == sequences, "not the baselines' tokens"
+        records = [None] * len(units)
+        for group in batches(method, units, map_size(method, run)):
+            for i, record in zip(group, method.map([units[i] for i in group], run), strict=True):
+                records[i] = record
+        metrics = method.reduce(records, run)
         seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return {"seconds": seconds, "cpu": cpu, "generated": [g for _, g in pairs],
-            "exact": [d["exact"] for d in decisions], "peak_mb": peak_rss_mb(), "above_load_mb": peak_rss_mb() - loaded}
+    return {"seconds": seconds, "cpu": cpu, "generated": [r["generated_ids"] for r in records],
+            "exact": [r["exact"] for r in records], "metrics": {m.name: m.value for m in metrics},
+            "peak_mb": peak_rss_mb(), "above_load_mb": peak_rss_mb() - loaded}
 
 
 def run_lm_eval(model_dir: str, sequences: list[list[int]], prefix: int, threads: int, batch: int) -> dict:

@@ -130,6 +130,11 @@ class CausalLM(ModelAdapter):
         scores = self.score(sequences)
         return list(zip(scores, continue_from_scores(self, sequences, prompt_lengths, scores), strict=True))
 
+    def continue_greedy(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
+                        scores: Sequence[TokenScores]) -> list[list[int]]:
+        """The greedy continuations `greedy_continuation` gives, from scores already computed."""
+        return continue_from_scores(self, sequences, prompt_lengths, scores)
+
     def sampler_logprobs(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0,
                          top_k: int | None = None, top_p: float | None = None) -> list[np.ndarray]:
         raise NotImplementedError
@@ -225,8 +230,9 @@ class CachedCausalLM:
             out: dict[int, list[int]] = {}
             if scored:
                 given = [TokenScores.from_bytes(known[score_keys[i]]) for i in scored]
-                out.update(zip(scored, continue_from_scores(self.model, [sequences[i] for i in scored],
-                                                            [prompt_lengths[i] for i in scored], given), strict=True))
+                out.update(zip(scored, self.model.continue_greedy([sequences[i] for i in scored],
+                                                                  [prompt_lengths[i] for i in scored], given),
+                               strict=True))
             if unscored:
                 results = self.model.greedy_continuation([sequences[i] for i in unscored],
                                                          [prompt_lengths[i] for i in unscored])

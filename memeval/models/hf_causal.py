@@ -273,27 +273,60 @@ class HFCausal(CausalLM):
         row attends to its prompt and the true tokens before its divergence, with explicit position
         ids, so no prefix is computed twice. The rows left to decode are pooled over a few batches
         and decoded together (`memeval.models.decode_pool`)."""
+
+        def per_batch(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[Any]:
+            return _token_scores(states, head, targets, lengths)
+
+        def plan(i: int, score: TokenScores) -> tuple[list[int], int, int]:
+            p = prompt_lengths[i]
+            head, remaining = greedy_head(list(sequences[i][p:]), score.argmax[p - 1:].astype(int).tolist())
+            return head, p + len(head) - 1, remaining  # kept: the prompt and the true tokens before the divergence
+
+        return self._pooled_greedy(sequences, per_batch, plan, max((len(s) - 1 for s in sequences), default=0))
+
+    def continue_greedy(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
+                        scores: Sequence[TokenScores]) -> list[list[int]]:
+        """Greedy continuations given the sequences' scores (cached by another method): one forward
+        pass over each prompt and the true tokens before its divergence fills the KV cache, then
+        the rows are decoded in the pool, as `greedy_continuation` does."""
+        plans = [greedy_head(list(seq[p:]), score.argmax[p - 1:].astype(int).tolist())
+                 for seq, p, score in zip(sequences, prompt_lengths, scores, strict=True)]
+        out = [list(head) for head, _ in plans]
+        todo = [i for i, (_, remaining) in enumerate(plans) if remaining]
+        prefixes = [list(sequences[i][:prompt_lengths[i] + len(plans[i][0]) - 1]) for i in todo]
+
+        def plan(k: int, _: Any) -> tuple[list[int], int, int]:
+            return plans[todo[k]][0], len(prefixes[k]), plans[todo[k]][1]
+
+        columns = max((len(sequences[i]) - 1 for i in todo), default=0)
+        for k, (_, made) in enumerate(self._pooled_greedy(prefixes, _no_stats, plan, columns)):
+            out[todo[k]] = made
+        return out
+
+    def _pooled_greedy(self, sequences: Sequence[Sequence[int]], per_batch: Any, plan: Any, columns: int
+                       ) -> list[tuple[Any, list[int]]]:
+        """(per-row result, greedy tokens) of each sequence: `per_batch` as in `_forward`, then
+        `plan(i, result)` gives the row's tokens decided so far (the last one the first input of
+        decoding), the cached columns to keep and how many tokens are left; those rows are pooled.
+        `columns`: the most cached columns a row reaches (kept + remaining)."""
         import torch
 
         results: list[Any] = [None] * len(sequences)
         state: dict[str, Any] = {}
-        columns = max(len(s) for s in sequences) - 1 if sequences else 0
         pool = DecodePool(columns, lambda column_bytes: pool_rows(self.params.batch_size, column_bytes, columns,
                                                                   self._weight_bytes))
 
-        def per_batch(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[Any]:
-            state["scores"] = _token_scores(states, head, targets, lengths)
+        def keep(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[int]:
+            state["results"] = per_batch(states, head, targets, lengths)
             return list(range(len(lengths)))
 
         def after_batch(batch: list[int], output: Any, lengths: list[int]) -> None:
             waiting = []
             for row, i in enumerate(batch):
-                p = prompt_lengths[i]
-                truth = list(sequences[i][p:])
-                head, remaining = greedy_head(truth, state["scores"][row].argmax[p - 1:].astype(int).tolist())
-                results[i] = (state["scores"][row], head)
-                if remaining:  # kept: the prompt and the true tokens before the divergence
-                    waiting.append((row, PoolRow(i, p + len(head) - 1, remaining, head[-1])))
+                decided, kept, remaining = plan(i, state["results"][row])
+                results[i] = (state["results"][row], decided)
+                if remaining:
+                    waiting.append((row, PoolRow(i, kept, remaining, decided[-1])))
             if not pool.room_for(len(waiting)):
                 decode()
             layers = _cache_layers(output.past_key_values)
@@ -305,7 +338,7 @@ class HFCausal(CausalLM):
                 results[i][1].extend(made)
 
         with torch.inference_mode():
-            self._forward(sequences, per_batch, use_cache=True, after_batch=after_batch)
+            self._forward(sequences, keep, use_cache=True, after_batch=after_batch)
             with self._threads():
                 decode()
         return results
@@ -523,6 +556,10 @@ def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:
     if hasattr(cache, "layers"):
         return [(layer.keys, layer.values) for layer in cache.layers]
     return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers 4.x
+
+
+def _no_stats(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[None]:
+    return [None] * len(lengths)
 
 
 def _identity(x: Any) -> Any:

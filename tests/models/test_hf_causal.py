@@ -223,8 +223,9 @@ def test_pooled_decoding_after_divergence_equals_generate(hf_model, monkeypatch,
     sequences = hf_model.tokenize(texts)
     prompts = [max(1, len(ids) // 3 + i % 4) for i, ids in enumerate(sequences)]
     pairs = hf_model.greedy_continuation(sequences, prompts)
-    for ids, p, (_, got) in zip(sequences, prompts, pairs, strict=True):
-        assert got == hf_model.generate([ids[:p]], len(ids) - p)[0]
+    from_scores = hf_model.continue_greedy(sequences, prompts, [score for score, _ in pairs])
+    for ids, p, (_, got), again in zip(sequences, prompts, pairs, from_scores, strict=True):
+        assert got == again == hf_model.generate([ids[:p]], len(ids) - p)[0]
 
 
 def test_decode_pool_size_is_bounded_by_batches_and_by_the_weights():
