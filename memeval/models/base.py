@@ -96,6 +96,30 @@ class TokenScores:
         return cls(rows[0], rows[1].astype(np.int64), rows[2], rows[3], rows[4])
 
 
+# True tokens after the prompt that `greedy_paths` verifies in its teacher-forced pass: a token
+# verified there costs about a third of a decoding step (on a CPU, a batch's positions go through
+# the weights together), one decoded costs a step.
+VERIFY_TOKENS = 4
+
+
+@dataclass
+class GreedyPath:
+    """The greedy continuation of a prompt and the top-1 minus top-2 log-prob margin at each of its
+    tokens (a margin near 0: a near tie, which other arithmetic could break the other way; NaN
+    where the adapter cannot tell)."""
+
+    tokens: list[int]
+    margins: np.ndarray
+
+    def to_bytes(self) -> bytes:
+        return np.asarray(self.tokens, dtype=np.int32).tobytes() + np.asarray(self.margins, dtype=np.float32).tobytes()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> GreedyPath:
+        half = len(blob) // 2
+        return cls(np.frombuffer(blob[:half], dtype=np.int32).tolist(), np.frombuffer(blob[half:], dtype=np.float32))
+
+
 class CausalLM(ModelAdapter):
     """A causal language model: tokenize, score token sequences, generate."""
 
@@ -135,6 +159,22 @@ class CausalLM(ModelAdapter):
         """The greedy continuations `greedy_continuation` gives, from scores already computed."""
         return continue_from_scores(self, sequences, prompt_lengths, scores)
 
+    def greedy_paths(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
+                     verify_tokens: int = VERIFY_TOKENS) -> list[GreedyPath]:
+        """The greedy continuation of each sequence's first `prompt_length` tokens, as many tokens
+        as follow them, with its margins; the true tokens after the prompt only make it faster
+        (those greedy decoding reproduces are verified in parallel). This default goes through
+        `greedy_continuation`: margins where the teacher-forced pass decided, NaN after."""
+        out = []
+        for seq, p, (score, made) in zip(sequences, prompt_lengths, self.greedy_continuation(sequences,
+                                                                                              prompt_lengths),
+                                          strict=True):
+            head, _ = greedy_head(list(seq[p:]), score.argmax[p - 1:].astype(int).tolist())
+            margins = np.full(len(made), np.nan, dtype=np.float32)
+            margins[:len(head)] = score.margin[p - 1:p - 1 + len(head)]
+            out.append(GreedyPath(list(made), margins))
+        return out
+
     def sampler_logprobs(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0,
                          top_k: int | None = None, top_p: float | None = None) -> list[np.ndarray]:
         raise NotImplementedError
@@ -148,10 +188,12 @@ class CausalLM(ModelAdapter):
 
 def greedy_head(truth: list[int], predicted: list[int]) -> tuple[list[int], int]:
     """The part of greedy decoding one teacher-forced pass decides: the true tokens up to the first
-    mispredicted one, then the prediction there; and how many tokens are left to generate."""
-    first = next((j for j, (a, b) in enumerate(zip(truth, predicted, strict=False)) if a != b), len(truth))
-    if first == len(truth):
-        return list(truth), 0
+    mispredicted one, then the prediction there; and how many tokens are left to generate. With
+    fewer predictions than true tokens and no mistake among them, the true tokens predicted."""
+    first = next((j for j, (a, b) in enumerate(zip(truth, predicted, strict=False)) if a != b), None)
+    if first is None:
+        decided = min(len(truth), len(predicted))
+        return list(truth[:decided]), len(truth) - decided
     return list(truth[:first]) + [predicted[first]], len(truth) - first - 1
 
 
@@ -249,6 +291,15 @@ class CachedCausalLM:
         scores = dict(zip(rest, self.score([sequences[i] for i in rest]), strict=True))  # cached by now
         scores.update({i: TokenScores.from_bytes(s.to_bytes()) for i, s in fresh.items()})
         return [(scores[i], continuations[i]) for i in range(len(sequences))]
+
+    def greedy_paths(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> list[GreedyPath]:
+        """Cached by prompt and length: the path does not depend on the true tokens after the prompt."""
+        keys = [output_key(self.model_id, "greedy_path", {"new_tokens": len(ids) - p}, ids[:p])
+                for ids, p in zip(sequences, prompt_lengths, strict=True)]
+        return self._cached("greedy_path", keys,
+                            lambda chosen: self.model.greedy_paths([sequences[i] for i in chosen],
+                                                                   [prompt_lengths[i] for i in chosen]),
+                            GreedyPath.to_bytes, GreedyPath.from_bytes)
 
     def sequence_logprob(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """Total log-probability per sequence, cached as one number (for scoring many candidates)."""

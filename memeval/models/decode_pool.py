@@ -79,10 +79,11 @@ class DecodePool:
         self.buffers = [tuple(t.new_zeros((self.capacity, t.shape[1], self.columns, t.shape[3])) for t in (k, v))
                         for k, v in layers]
 
-    def decode(self, step: Callable[[Any, Any, Any, Any], Any]) -> dict[int, list[int]]:
-        """Greedy tokens of every pooled row (by the caller's index); empties the pool.
-        `step(input_ids, attention_mask, position_ids, cache)` runs the model on one token per
-        active row and returns the argmax token of each."""
+    def decode(self, step: Callable[[Any, Any, Any, Any], tuple[Any, Any]]) -> dict[int, tuple[list[int], list[float]]]:
+        """Greedy tokens of every pooled row, with the top-1 minus top-2 log-prob margin at each
+        (by the caller's index); empties the pool. `step(input_ids, attention_mask, position_ids,
+        cache)` runs the model on one token per active row and returns the argmax token of each
+        and its margin."""
         import torch
 
         if not self.rows:
@@ -95,6 +96,7 @@ class DecodePool:
         cache = _pooled_cache(self.buffers, state)
         current = torch.tensor([r.first_token for r in rows])
         made: list[list[int]] = [[] for _ in rows]
+        margins: list[list[float]] = [[] for _ in rows]
         for number in range(rows[0].remaining):
             state.rows = sum(r.remaining > number for r in rows)
             current, ends = current[:state.rows], state.ends[:state.rows]
@@ -103,12 +105,13 @@ class DecodePool:
                 layer.show()
             # Each row sees its own columns and the one it is writing now.
             mask = (torch.arange(state.width + 1)[None] <= ends[:, None]).long()
-            current = step(current[:, None], mask, ends[:, None].clone(), cache)
-            for k, token in enumerate(current.tolist()):
+            current, margin = step(current[:, None], mask, ends[:, None].clone(), cache)
+            for k, (token, gap) in enumerate(zip(current.tolist(), margin.tolist(), strict=True)):
                 made[k].append(token)
+                margins[k].append(gap)
             state.ends[:state.rows] += 1
         self.rows = []
-        return {r.index: m for r, m in zip(rows, made, strict=True)}
+        return {r.index: (m, g) for r, m, g in zip(rows, made, margins, strict=True)}
 
     def _permute(self, order: list[int]) -> None:
         """Put the pooled rows in `order` in place, one layer's copy at a time."""

@@ -16,7 +16,14 @@ from pydantic import Field, model_validator
 
 from memeval.errors import UsageError
 from memeval.files import MANIFEST
-from memeval.models.base import AdapterContext, CausalLM, TokenScores, greedy_head
+from memeval.models.base import (
+    VERIFY_TOKENS,
+    AdapterContext,
+    CausalLM,
+    GreedyPath,
+    TokenScores,
+    greedy_head,
+)
 from memeval.models.decode_pool import DecodePool, PoolRow, pool_rows
 from memeval.models.token_stats import ALL_STATS, position_stats, split_head
 from memeval.suite import Strict
@@ -274,7 +281,7 @@ class HFCausal(CausalLM):
         ids, so no prefix is computed twice. The rows left to decode are pooled over a few batches
         and decoded together (`memeval.models.decode_pool`)."""
 
-        def per_batch(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[Any]:
+        def per_batch(states: Any, head: Any, targets: Any, lengths: list[int], batch: list[int]) -> list[Any]:
             return _token_scores(states, head, targets, lengths)
 
         def plan(i: int, score: TokenScores) -> tuple[list[int], int, int]:
@@ -282,7 +289,34 @@ class HFCausal(CausalLM):
             head, remaining = greedy_head(list(sequences[i][p:]), score.argmax[p - 1:].astype(int).tolist())
             return head, p + len(head) - 1, remaining  # kept: the prompt and the true tokens before the divergence
 
-        return self._pooled_greedy(sequences, per_batch, plan, max((len(s) - 1 for s in sequences), default=0))
+        columns = max((len(s) - 1 for s in sequences), default=0)
+        return [(score, made) for score, made, _ in self._pooled_greedy(sequences, per_batch, plan, columns)]
+
+    def greedy_paths(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
+                     verify_tokens: int = VERIFY_TOKENS) -> list[GreedyPath]:
+        """Greedy decoding of each prompt, verified in parallel while it follows the true tokens:
+        one teacher-forced pass over the prompt and the first `verify_tokens` + 1 true tokens gives
+        the argmax at each of those positions, which is what greedy decoding emits there as long as
+        every earlier one was the true token. Decoding (pooled, from that pass's KV cache) starts at
+        the first divergence, or after the verified tokens. No full-vocabulary statistics, and the
+        LM head only at the verified positions: a prompt's greedy path costs about a plain
+        `generate`, less the tokens verified in parallel."""
+
+        def ends(i: int) -> int:  # the teacher-forced input: the prompt and the verified true tokens
+            return min(len(sequences[i]), prompt_lengths[i] + verify_tokens + 1)
+
+        inputs = [list(sequences[i][:ends(i)]) for i in range(len(sequences))]
+        firsts = [p - 1 for p in prompt_lengths]
+
+        def plan(i: int, picked: Any) -> tuple[list[int], int, int, list[float]]:
+            predicted, margins = picked
+            p = prompt_lengths[i]
+            head, remaining = greedy_head(list(sequences[i][p:]), predicted)
+            return head, p + len(head) - 1, remaining, margins[:len(head)]
+
+        columns = max((len(s) - 1 for s in sequences), default=0)
+        found = self._pooled_greedy(inputs, _suffix_argmax(firsts), plan, columns)
+        return [GreedyPath(made, np.asarray(margins, dtype=np.float32)) for _, made, margins in found]
 
     def continue_greedy(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
                         scores: Sequence[TokenScores]) -> list[list[int]]:
@@ -299,16 +333,17 @@ class HFCausal(CausalLM):
             return plans[todo[k]][0], len(prefixes[k]), plans[todo[k]][1]
 
         columns = max((len(sequences[i]) - 1 for i in todo), default=0)
-        for k, (_, made) in enumerate(self._pooled_greedy(prefixes, _no_stats, plan, columns)):
+        for k, (_, made, _) in enumerate(self._pooled_greedy(prefixes, _no_stats, plan, columns)):
             out[todo[k]] = made
         return out
 
     def _pooled_greedy(self, sequences: Sequence[Sequence[int]], per_batch: Any, plan: Any, columns: int
-                       ) -> list[tuple[Any, list[int]]]:
-        """(per-row result, greedy tokens) of each sequence: `per_batch` as in `_forward`, then
-        `plan(i, result)` gives the row's tokens decided so far (the last one the first input of
-        decoding), the cached columns to keep and how many tokens are left; those rows are pooled.
-        `columns`: the most cached columns a row reaches (kept + remaining)."""
+                       ) -> list[tuple[Any, list[int], list[float]]]:
+        """(per-row result, greedy tokens, their margins where known) of each sequence: `per_batch`
+        as in `_forward`, then `plan(i, result)` gives the row's tokens decided so far (the last
+        one the first input of decoding), the cached columns to keep, how many tokens are left and
+        optionally the decided tokens' margins; the rows with tokens left are pooled. `columns`:
+        the most cached columns a row reaches (kept + remaining)."""
         import torch
 
         results: list[Any] = [None] * len(sequences)
@@ -316,51 +351,60 @@ class HFCausal(CausalLM):
         pool = DecodePool(columns, lambda column_bytes: pool_rows(self.params.batch_size, column_bytes, columns,
                                                                   self._weight_bytes))
 
-        def keep(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[int]:
-            state["results"] = per_batch(states, head, targets, lengths)
-            return list(range(len(lengths)))
+        def keep(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[None]:
+            state["batch"] = (states, head, targets, lengths)  # for after_batch, which knows the rows
+            return [None] * len(lengths)
 
         def after_batch(batch: list[int], output: Any, lengths: list[int]) -> None:
+            state["results"] = per_batch(*state.pop("batch"), batch)
             waiting = []
             for row, i in enumerate(batch):
-                decided, kept, remaining = plan(i, state["results"][row])
-                results[i] = (state["results"][row], decided)
+                decided, kept, remaining, *margins = plan(i, state["results"][row])
+                results[i] = (state["results"][row], list(decided), list(margins[0]) if margins else [])
                 if remaining:
                     waiting.append((row, PoolRow(i, kept, remaining, decided[-1])))
-            if not pool.room_for(len(waiting)):
-                decode()
             layers = _cache_layers(output.past_key_values)
             for row, entry in waiting:
                 pool.add(layers, row, entry)
 
+        def between_batches() -> None:  # the batch's own cache is released by now
+            if not pool.room_for(self.params.batch_size):
+                decode()
+
         def decode() -> None:
-            for i, made in pool.decode(self._greedy_step).items():
+            for i, (made, margins) in pool.decode(self._greedy_step).items():
                 results[i][1].extend(made)
+                results[i][2].extend(margins)
 
         with torch.inference_mode():
-            self._forward(sequences, keep, use_cache=True, after_batch=after_batch)
+            self._forward(sequences, keep, use_cache=True, after_batch=after_batch, between_batches=between_batches)
             with self._threads():
                 decode()
         return results
 
     def _greedy_step(self, ids: Any, mask: Any, positions: Any, cache: Any) -> Any:
-        """The argmax next token of each row, one token per row on top of `cache`."""
+        """The argmax next token of each row (one token per row on top of `cache`) and its top-1
+        minus top-2 log-prob margin."""
         with warnings.catch_warnings():  # transformers 5 renames past_key_values; 4.x knows only it
             warnings.simplefilter("ignore", FutureWarning)
             output = self.torch_model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                       position_ids=positions.to(self.device), past_key_values=cache, use_cache=True)
-        return output.logits[:, -1].float().argmax(-1).cpu()
+        logits = output.logits[:, -1].float()
+        top = logits.topk(min(2, logits.shape[-1]), dim=-1)  # a log-prob margin is a logit margin
+        margin = top.values[:, 0] - top.values[:, -1]
+        return top.indices[:, 0].cpu(), margin.cpu()
 
     @cached_property
     def _weight_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for p in self.torch_model.parameters())
 
     def _forward(self, sequences: Sequence[Sequence[int]], per_batch: Any, use_cache: bool = False,
-                 after_batch: Any = None) -> list[Any]:
+                 after_batch: Any = None, between_batches: Any = None) -> list[Any]:
         """Right-padded batches of similar length through the model; `per_batch(states, head,
         targets, lengths)` turns a batch's final hidden states (positions 0..L-2; `head` makes them
         logits) and next tokens (1..L-1) into one result per sequence (vectorised over the batch;
-        each row is cut to its own length)."""
+        each row is cut to its own length). `after_batch(batch, output, lengths)` sees the model's
+        output (its KV cache) before it is released; `between_batches()` runs after."""
         import torch
 
         model = self.torch_model
@@ -390,6 +434,8 @@ class HFCausal(CausalLM):
                 if after_batch is not None:
                     after_batch(batch, output, lengths)
                 del output, states, results  # else held through the next batch's forward pass
+                if between_batches is not None:
+                    between_batches()
         return out
 
     @cached_property
@@ -558,8 +604,27 @@ def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:
     return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers 4.x
 
 
-def _no_stats(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[None]:
+def _no_stats(states: Any, head: Any, targets: Any, lengths: list[int], batch: list[int]) -> list[None]:
     return [None] * len(lengths)
+
+
+def _suffix_argmax(firsts: Sequence[int]) -> Any:
+    """A `per_batch` giving each row's (argmax tokens, margins) from position `firsts[i]` to its
+    end; the LM head is applied only there."""
+    import torch
+
+    def per_batch(states: Any, head: Any, targets: Any, lengths: list[int], batch: list[int]) -> list[Any]:
+        width = states.shape[1]
+        starts = torch.tensor([firsts[i] for i in batch], device=states.device)
+        position = torch.arange(width, device=states.device)[None]
+        wanted = (position >= starts[:, None]) & (position < torch.tensor(lengths, device=states.device)[:, None] - 1)
+        stats = position_stats(states[wanted], head, targets[wanted], ("argmax", "margin"))
+        counts = wanted.sum(1).tolist()
+        bounds = np.cumsum([0, *counts])
+        return [(stats["argmax"][bounds[r]:bounds[r + 1]].tolist(), stats["margin"][bounds[r]:bounds[r + 1]].tolist())
+                for r in range(len(lengths))]
+
+    return per_batch
 
 
 def _identity(x: Any) -> Any:

@@ -13,12 +13,12 @@ from memeval_plugins.extraction.units import prefix_suffix_units, prompt_length,
 
 def generate(model: Any, units: list[dict[str, Any]], params: DecodingParams, seed: int) -> list[list[list[int]]]:
     """n continuations of each unit's prompt, as many tokens as its suffix. Greedy decoding goes
-    through `greedy_continuation`, the cached call `extraction.discoverable` makes on the same
-    sequences; sampling through `generate`, cached per prompt and sample index."""
+    through `greedy_paths`, the cached call `extraction.discoverable` makes on the same prompts;
+    sampling through `generate`, cached per prompt and sample index."""
     if params.decoding == "greedy":
-        pairs = model.greedy_continuation([sequence(u, params.prefix_tokens) for u in units],
-                                          [prompt_length(u, params.prefix_tokens) for u in units])
-        return [[list(generated)] for _, generated in pairs]
+        paths = model.greedy_paths([sequence(u, params.prefix_tokens) for u in units],
+                                   [prompt_length(u, params.prefix_tokens) for u in units])
+        return [[list(path.tokens)] for path in paths]
     n = params.num_samples
     prompts = [u["lead"] + u["context"][-params.prefix_tokens:] for u in units for _ in range(n)]
     out = model.generate(prompts, params.suffix_tokens, do_sample=True, temperature=params.temperature,

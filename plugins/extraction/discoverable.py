@@ -36,6 +36,10 @@ class DiscoverableParams(PrefixSuffixParams):
                                                                 "(same suffix): an extraction vs context-length curve")
     memorization_score: bool = Field(True, description="compute the fractional memorization score (needs greedy "
                                                        "generation after the first divergence)")
+    teacher_forced: bool = Field(False, description="also score every suffix position given the true tokens "
+                                                    "before it (teacher_forced_accuracy, suffix_logprob, margins "
+                                                    "along the true suffix): one more pass over the suffix after "
+                                                    "the first divergence; always on without memorization_score")
     histogram_bins: int = Field(10, ge=1, le=100, description="bins of the memorization-score histogram artifact")
 
     @model_validator(mode="after")
@@ -55,17 +59,22 @@ class Discoverable(Method):
     `memorization_score` (Biderman et al. 2023): the fraction of the m positions where the greedy
     continuation equals the true suffix token (memorized iff the score is 1). The continuation is
     generated, so after a first mistake it goes on from its own tokens.
-    `teacher_forced_accuracy`: the fraction of suffix positions whose argmax, given the TRUE
-    preceding tokens, is the true token: a different, larger quantity; kept apart on purpose.
     `first_divergence` (the prefix match length): how many suffix tokens greedy decoding gets right
     before its first mistake (m when exact).
+    `teacher_forced_accuracy` (with `teacher_forced: true`, or without the memorization score): the
+    fraction of suffix positions whose argmax, given the TRUE preceding tokens, is the true token:
+    a different, larger quantity; kept apart on purpose.
 
-    Fast path: one teacher-forced forward pass over prefix + suffix decides exact match (greedy
-    reproduces the suffix iff the argmax at every suffix position is the true token) and finds the
-    first divergence; only the positions after it are generated, and only for the fractional score,
-    reusing that pass's KV cache (`hf-causal`), so no prefix is computed twice.
-    The top-1/top-2 log-prob margin at each suffix position is recorded: a margin near 0 is a near
-    tie, where batched and incremental arithmetic could pick different tokens.
+    How the greedy continuation is computed (`hf-causal`): greedy decoding reproduces a true token
+    iff the argmax given the true tokens before it is that token, so the first suffix tokens are
+    verified in parallel, in the prompt's own forward pass, as speculative decoding verifies a
+    draft; decoding starts at the first divergence (or after the verified tokens), reusing that
+    pass's KV cache, with the rows of several batches decoded together. With `teacher_forced`, the
+    pass covers the whole suffix (it gives the teacher-forced statistics) and decoding starts at the
+    first divergence. Without the memorization score, that pass alone decides exact match.
+    The top-1/top-2 log-prob margin is recorded at each suffix position: along the greedy path by
+    default, along the true suffix with `teacher_forced`. A margin near 0 is a near tie, where
+    other arithmetic (another batch, another machine) could pick the other token.
 
     With `prefix_lengths`, the suffix is the m tokens after the longest prefix, and each prefix
     length uses the tokens just before it. Text is split as k = `prefix_tokens` tokens then m.
@@ -92,7 +101,9 @@ class Discoverable(Method):
     @classmethod
     def produced_metrics(cls, params: DiscoverableParams) -> list[str]:
         names = cls.metric_names()
-        return names if params.memorization_score else [n for n in names if n != "memorization_score_mean"]
+        if not params.memorization_score:
+            return [n for n in names if n != "memorization_score_mean"]
+        return names if params.teacher_forced else [n for n in names if n != "teacher_forced_accuracy_mean"]
 
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
         p = self.params
@@ -106,12 +117,18 @@ class Discoverable(Method):
     def map(self, batch: list[dict[str, Any]], context: Any) -> list[dict[str, Any]]:
         p, model = self.params, context.model
         sequences = [sequence(u, p.prefix_tokens) for u in batch]
-        if p.memorization_score:
-            pairs = model.greedy_continuation(sequences, [prompt_length(u, p.prefix_tokens) for u in batch])
-            scores, generated = [s for s, _ in pairs], [g for _, g in pairs]
+        prompts = [prompt_length(u, p.prefix_tokens) for u in batch]
+        if p.memorization_score and not p.teacher_forced:
+            paths = model.greedy_paths(sequences, prompts)
+            generated = [path.tokens for path in paths]
+            decisions = [path_decision(u, path) for u, path in zip(batch, paths, strict=True)]
         else:
-            scores, generated = model.score(sequences), [None] * len(batch)
-        decisions = [greedy_decision(u, score, p.prefix_tokens) for u, score in zip(batch, scores, strict=True)]
+            if p.memorization_score:
+                pairs = model.greedy_continuation(sequences, prompts)
+                scores, generated = [s for s, _ in pairs], [g for _, g in pairs]
+            else:
+                scores, generated = model.score(sequences), [None] * len(batch)
+            decisions = [greedy_decision(u, score, p.prefix_tokens) for u, score in zip(batch, scores, strict=True)]
         curve = {}
         for length in p.prefix_lengths or []:
             scores = model.score([sequence(u, length) for u in batch])
@@ -141,8 +158,9 @@ class Discoverable(Method):
             metrics.append(mean_metric("memorization_score_mean", scores, seed=context.seed))
             context.artifact("memorization_score_histogram",
                              histogram_counts(scores, self.params.histogram_bins, 0.0, 1.0))
-        metrics.append(mean_metric("teacher_forced_accuracy_mean", [r["teacher_forced_accuracy"] for r in records],
-                                   seed=context.seed))
+        if "teacher_forced_accuracy_mean" in self.produced_metrics(self.params):
+            metrics.append(mean_metric("teacher_forced_accuracy_mean",
+                                       [r["teacher_forced_accuracy"] for r in records], seed=context.seed))
         metrics.append(mean_metric("prefix_match_length_mean", [r["first_divergence"] for r in records],
                                    seed=context.seed))
         if self.params.prefix_lengths:
@@ -158,6 +176,15 @@ class Discoverable(Method):
     @classmethod
     def report_sections(cls, evaluation: EvaluationResult, records: Records) -> list[Section]:
         return discoverable_sections(evaluation, records)
+
+
+def path_decision(unit: dict[str, Any], path: Any) -> dict[str, Any]:
+    """What the greedy path says about the suffix, and its margins (near ties along the path)."""
+    truth = unit["suffix"]
+    first = next((j for j, (a, b) in enumerate(zip(path.tokens, truth, strict=True)) if a != b), len(truth))
+    margins = np.asarray(path.margins, dtype=float)
+    return {"exact": first == len(truth), "first_divergence": first,
+            "margins": [round(x, 5) for x in margins.tolist()], "min_margin": round(float(margins.min()), 6)}
 
 
 def greedy_decision(unit: dict[str, Any], score: Any, prefix_len: int) -> dict[str, Any]:

@@ -34,7 +34,7 @@ def discoverable_sections(evaluation: EvaluationResult, records: Records) -> lis
                                [Series("extractable rate", xs, [p["extractable_rate"] for p in curve],
                                        [p["ci_low"] for p in curve], [p["ci_high"] for p in curve])],
                                y_range=(0.0, 1.0), markers=True))
-    key = lambda r: (r.get("memorization_score", r["teacher_forced_accuracy"]), r["first_divergence"])  # noqa: E731
+    key = lambda r: (r.get("memorization_score", r.get("teacher_forced_accuracy", 0.0)), r["first_divergence"])  # noqa: E731
     top = records.top(TOP_N, key=key)
     if top and "generated" in top[0]:
         blocks.append(Comparison("Most memorized samples: greedy continuation of the prefix vs. the true suffix",

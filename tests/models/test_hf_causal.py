@@ -233,3 +233,38 @@ def test_decode_pool_size_is_bounded_by_batches_and_by_the_weights():
     assert decode_pool.pool_rows(16, column_bytes=18_432, columns=64, weight_bytes=540 * mb) == 64  # 4 batches
     assert decode_pool.pool_rows(16, column_bytes=18_432, columns=64, weight_bytes=43 * mb) == 38  # the weights
     assert decode_pool.pool_rows(16, column_bytes=18_432, columns=64, weight_bytes=1 * mb) == 16  # one batch at least
+
+
+@pytest.mark.parametrize("verify_tokens", [0, 2, 100])
+def test_greedy_paths_equal_generate_with_the_margins_of_each_step(hf_model, reference, verify_tokens):
+    # Rows diverging before, inside and after the verified tokens, and rows reproducing their suffix.
+    model, tok = reference
+    words = ["red", "fox", "jumps", "over", "the", "lazy", "dog", "and", "cat", "runs"]
+    texts = [" ".join(words[(i + k * (1 + i % 3)) % len(words)] for k in range(3 + i % 5)) for i in range(20)]
+    sequences = hf_model.tokenize(texts)
+    prompts = [max(1, len(ids) // 3 + i % 4) for i, ids in enumerate(sequences)]
+    generated = [hf_model.generate([ids[:p]], len(ids) - p)[0] for ids, p in zip(sequences, prompts, strict=True)]
+    sequences += [ids[:p] + made for ids, p, made in zip(sequences[:4], prompts[:4], generated[:4], strict=True)]
+    prompts += prompts[:4]
+    generated += generated[:4]
+    paths = hf_model.greedy_paths(sequences, prompts, verify_tokens=verify_tokens)
+    for ids, p, made, path in zip(sequences, prompts, generated, paths, strict=True):
+        assert path.tokens == made
+        with torch.no_grad():
+            logits = model(torch.tensor([ids[:p] + made])).logits[0, p - 1:-1]
+        top = logits.topk(2, -1).values
+        np.testing.assert_allclose(path.margins, (top[:, 0] - top[:, 1]).numpy(), atol=1e-4)
+
+
+def test_greedy_paths_are_cached_by_prompt_and_length(hf_model, tmp_path):
+    from memeval.cache import OutputCache
+    from memeval.models.base import CachedCausalLM
+
+    sequences = [ids for ids in hf_model.tokenize(TEXTS) if len(ids) > 6]
+    prompts = [len(ids) // 2 for ids in sequences]
+    cached = CachedCausalLM(hf_model, OutputCache(tmp_path))
+    first = cached.greedy_paths(sequences, prompts)
+    other_truth = [ids[:p] + [ids[0]] * (len(ids) - p) for ids, p in zip(sequences, prompts, strict=True)]
+    again = cached.greedy_paths(other_truth, prompts)  # the same prompts: replayed
+    assert cached.counter.cache_hits == len(sequences)
+    assert [a.tokens for a in first] == [b.tokens for b in again]

@@ -48,19 +48,21 @@ def records(run_dir, evaluation):
     return [json.loads(x) for x in (run_dir / "records" / f"{evaluation}.jsonl").read_text().splitlines()]
 
 
-def test_fast_path_equals_plain_greedy_generate(tmp_path, run_cli, cache_dir):
+@pytest.mark.parametrize("teacher_forced", [False, True])
+def test_fast_path_equals_plain_greedy_generate(tmp_path, run_cli, cache_dir, teacher_forced):
     texts = grammar_texts(220)
     write_jsonl(tmp_path / "d.jsonl", [{"id": f"s{i}", "text": t} for i, t in enumerate(texts)])
     memorizer = {"adapter": "recipe", "dataset": "d", "batch_size": 16,
                  "architecture": {"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 64},
                  "training": {"epochs": 12, "batch_size": 16, "learning_rate": 0.005}}
+    flag = str(teacher_forced).lower()
     suite = write_suite(tmp_path / "s.yaml", {"m": memorizer},
-                        {"d": {"loader": "jsonl", "path": "d.jsonl", "id_field": "id"}}, """
+                        {"d": {"loader": "jsonl", "path": "d.jsonl", "id_field": "id"}}, f"""
   - id: ex
     method: extraction.discoverable
     model: m
     dataset: d
-    params: {prefix_tokens: 10, suffix_tokens: 14}
+    params: {{prefix_tokens: 10, suffix_tokens: 14, teacher_forced: {flag}}}
 """)
     assert run_cli("run", suite, "--out", tmp_path / "run")[0] == 0
     got = {r["id"]: r for r in records(tmp_path / "run", "ex")}
@@ -87,7 +89,10 @@ def test_fast_path_equals_plain_greedy_generate(tmp_path, run_cli, cache_dir):
     assert exact > 0 and partial > 0, "the comparison should cover both exact and partial extractions"
     metrics = {m["name"]: m for m in read_run(tmp_path / "run")["evaluations"][0]["metrics"]}
     assert metrics["extractable_rate"]["value"] == pytest.approx(exact / 220)
-    assert metrics["teacher_forced_accuracy_mean"]["value"] >= metrics["memorization_score_mean"]["value"] - 1e-9
+    if teacher_forced:
+        assert metrics["teacher_forced_accuracy_mean"]["value"] >= metrics["memorization_score_mean"]["value"] - 1e-9
+    else:
+        assert "teacher_forced_accuracy_mean" not in metrics
 
 
 def test_probabilistic_extraction_equals_a_direct_computation(tiny_model_dir, tmp_path, run_cli, cache_dir):
