@@ -49,6 +49,29 @@ def write_suite(path, tiny_model_dir, method: str, extra: dict | None = None, ex
     return path
 
 
+def same(a, b) -> bool:
+    """Equal JSON values; floats to 1e-4: a decoding step's margin (top-1 minus top-2 logit) can
+    differ in its last float32 bits between processes (the matrix library's path depends on thread
+    count and memory alignment), while the tokens it picks are the same."""
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and abs(a - b) <= 1e-4
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def assert_same_records(mine: dict, theirs: dict) -> None:
+    """The same evaluations, records in the same order, equal field by field."""
+    assert mine.keys() == theirs.keys()
+    for evaluation in mine:
+        a, b = (list(map(json.loads, r[evaluation].splitlines())) for r in (mine, theirs))
+        assert [r["id"] for r in a] == [r["id"] for r in b]
+        bad = [x["id"] for x, y in zip(a, b, strict=True) if not same(x, y)]
+        assert not bad, f"{evaluation}: {len(bad)} records differ, first {bad[0]}"
+
+
 def outputs(run_dir):
     run = json.loads((run_dir / "run.json").read_text())
     records = {e["id"]: (run_dir / "records" / f"{e['id']}.jsonl").read_text() for e in run["evaluations"]}
@@ -75,7 +98,7 @@ def test_ray_gives_the_local_results_survives_a_killed_actor_and_reruns_from_cac
     assert flag.exists() and int(flag.read_text()) != os.getpid()  # a worker died, not this process
 
     (local_run, local_records), (ray_run, ray_records) = outputs(tmp_path / "local"), outputs(tmp_path / "ray")
-    assert ray_records == local_records  # byte for byte: same order, nothing lost, nothing twice
+    assert_same_records(local_records, ray_records)  # same order, nothing lost, nothing twice
     ids = [json.loads(line)["id"] for line in ray_records["extract"].splitlines()]
     assert len(ids) == len(set(ids)) == 1500
     for mine, theirs in zip(local_run["evaluations"], ray_run["evaluations"], strict=True):
@@ -90,7 +113,8 @@ def test_ray_gives_the_local_results_survives_a_killed_actor_and_reruns_from_cac
     assert code == 0, err
     assert "0 sent to Ray" in err and "sent to Ray" in err
     again_run, again_records = outputs(tmp_path / "again")
-    assert again_records == local_records
+    # Replayed: a prompt two actors both computed is replayed from either's entry.
+    assert_same_records(ray_records, again_records)
     for evaluation in again_run["evaluations"]:
         assert evaluation["model_calls"]["computed"] == 0 and evaluation["model_calls"]["cache_hits"] > 0
 

@@ -163,17 +163,15 @@ class CausalLM(ModelAdapter):
                      verify_tokens: int = VERIFY_TOKENS) -> list[GreedyPath]:
         """The greedy continuation of each sequence's first `prompt_length` tokens, as many tokens
         as follow them, with its margins; the true tokens after the prompt only make it faster
-        (those greedy decoding reproduces are verified in parallel). This default goes through
-        `greedy_continuation`: margins where the teacher-forced pass decided, NaN after."""
-        out = []
-        for seq, p, (score, made) in zip(sequences, prompt_lengths, self.greedy_continuation(sequences,
-                                                                                              prompt_lengths),
-                                          strict=True):
-            head, _ = greedy_head(list(seq[p:]), score.argmax[p - 1:].astype(int).tolist())
-            margins = np.full(len(made), np.nan, dtype=np.float32)
-            margins[:len(head)] = score.margin[p - 1:p - 1 + len(head)]
-            out.append(GreedyPath(list(made), margins))
-        return out
+        (those greedy decoding reproduces can be verified in parallel). This default generates,
+        then scores prompt + continuation: the margins along a greedy path are the teacher-forced
+        margins of that path."""
+        prompts = [list(seq[:p]) for seq, p in zip(sequences, prompt_lengths, strict=True)]
+        made = continue_from_scores(self, prompts, [len(p) for p in prompts], [None] * len(prompts),
+                                    [len(seq) - p for seq, p in zip(sequences, prompt_lengths, strict=True)])
+        scores = self.score([prompt + tokens for prompt, tokens in zip(prompts, made, strict=True)])
+        return [GreedyPath(tokens, np.asarray(score.margin[len(prompt) - 1:], dtype=np.float32))
+                for prompt, tokens, score in zip(prompts, made, scores, strict=True)]
 
     def sampler_logprobs(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0,
                          top_k: int | None = None, top_p: float | None = None) -> list[np.ndarray]:
@@ -198,13 +196,18 @@ def greedy_head(truth: list[int], predicted: list[int]) -> tuple[list[int], int]
 
 
 def continue_from_scores(model: Any, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
-                         scores: Sequence[TokenScores]) -> list[list[int]]:
+                         scores: Sequence[TokenScores | None], new_tokens: Sequence[int] | None = None
+                         ) -> list[list[int]]:
     """Greedy continuations given each sequence's teacher-forced scores: the head they decide, then
-    `model.generate` (greedy) from the first divergence on."""
+    `model.generate` (greedy) from the first divergence on. A sequence without scores (None) is
+    all prompt: `new_tokens` says how many tokens to generate after it."""
     out: list[list[int]] = []
     todo: list[tuple[int, list[int], int]] = []
     for i, (seq, p, score) in enumerate(zip(sequences, prompt_lengths, scores, strict=True)):
-        head, remaining = greedy_head(list(seq[p:]), score.argmax[p - 1:].astype(int).tolist())
+        if score is None:
+            head, remaining = [], (new_tokens[i] if new_tokens is not None else 0)
+        else:
+            head, remaining = greedy_head(list(seq[p:]), score.argmax[p - 1:].astype(int).tolist())
         out.append(head)
         if remaining:
             todo.append((i, list(seq[:p]) + head, remaining))
