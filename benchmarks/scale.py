@@ -9,8 +9,14 @@ on a local cluster of `--cpus` CPUs started and shut down by the run itself, so 
 the cluster's start and the actor pool's; the evaluation's own seconds (run.json) are reported too.
 The records of both executors are checked identical.
 
-    .venv/bin/python benchmarks/scale.py [--sizes 2000 20000] [--cpus 2] [--tokens 64]
-        [--layers 2] [--width 128] [--batch-size 64]
+The data file is turned into Arrow (by `datasets`, once per file, which takes memory in proportion
+to the file up to its block size) before the runs, so every run measures what a run over an
+already-converted dataset holds. `--token-ids` gives the data as token ids (random bytes), so the
+driver runs no tokenizer: the tokenizer's own buffers grow over its first ~20,000 texts and then
+stay, which at these sizes looks like growth with the data.
+
+    .venv/bin/python benchmarks/scale.py [--sizes 2000 20000] [--executors local ray] [--token-ids]
+        [--cpus 2] [--tokens 64] [--layers 2] [--width 128] [--batch-size 64]
 """
 
 from __future__ import annotations
@@ -39,21 +45,29 @@ print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "EXIT",
 """
 
 
-def write_data(path: Path, n: int, chars: int, seed: int = 0) -> None:
+def write_data(path: Path, n: int, chars: int, token_ids: bool, seed: int = 0) -> None:
     rng = random.Random(seed)
     with path.open("w", encoding="utf-8") as out:
         for i in range(n):
+            if token_ids:
+                out.write(json.dumps({"id": f"s{i}", "tokens": [rng.randrange(256) for _ in range(chars + 1)]}) + "\n")
+                continue
             words: list[str] = []
             while sum(len(w) + 1 for w in words) < chars:
                 words.append(rng.choice(WORDS))
             out.write(json.dumps({"id": f"s{i}", "text": " ".join(words)[:chars]}) + "\n")
+    import datasets  # the one-off conversion to Arrow, before the measured runs
+
+    datasets.disable_progress_bars()
+    datasets.load_dataset("json", data_files={"train": [str(path)]}, split="train")
 
 
-def write_suite(root: Path, model_dir: Path, data: Path, batch_size: int) -> Path:
+def write_suite(root: Path, model_dir: Path, data: Path, batch_size: int, token_ids: bool) -> Path:
+    dataset = {"loader": "jsonl", "path": str(data), "id_field": "id", **({"tokens_field": "tokens"} if token_ids else {})}
     suite = {"memeval": 1, "suite": "scale", "seed": 0,
              "models": {"lm": {"adapter": "hf-causal", "path": str(model_dir), "batch_size": batch_size,
                                "threads": 1}},
-             "datasets": {"texts": {"loader": "jsonl", "path": str(data), "id_field": "id"}},
+             "datasets": {"texts": dataset},
              "evaluations": [{"id": "loss", "method": "lm.loss", "model": "lm", "dataset": "texts"}]}
     path = root / f"{data.stem}.yaml"
     path.write_text(json.dumps(suite))
@@ -83,6 +97,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--executors", nargs="+", choices=("local", "ray"), default=["local", "ray"])
+    parser.add_argument("--token-ids", action="store_true", help="token-id data: no tokenizer in the driver")
     args = parser.parse_args()
 
     from memeval.models.recipe import ArchitectureRecipe, save_untrained
@@ -93,28 +109,29 @@ def main() -> None:
         save_untrained(model_dir, ArchitectureRecipe(n_layer=args.layers, n_embd=args.width, n_head=4,
                                                      n_positions=max(128, args.tokens + 8)))
         print(f"lm.loss, GPT-2 {args.layers} x {args.width} (random weights, bytes), {args.tokens} tokens per "
-              f"sequence, batch {args.batch_size}, 1 torch thread per process; Ray: local cluster of {args.cpus} "
-              f"CPUs", flush=True)
+              f"sequence{' (token ids)' if args.token_ids else ''}, batch {args.batch_size}, 1 torch thread per "
+              f"process; Ray: local cluster of {args.cpus} CPUs", flush=True)
         print(f"{'executor':>8} {'sequences':>9} {'wall s':>8} {'eval s':>8} {'seq/s (eval)':>12} "
               f"{'driver peak MB':>14}", flush=True)
         rows = {}
         for n in args.sizes:
             data = root / f"texts-{n}.jsonl"
-            write_data(data, n, args.tokens - 1)  # + BOS
-            suite = write_suite(root, model_dir, data, args.batch_size)
-            for executor in ("local", "ray"):
+            write_data(data, n, args.tokens - 1, args.token_ids)  # + BOS
+            suite = write_suite(root, model_dir, data, args.batch_size, args.token_ids)
+            for executor in args.executors:
                 result = run(suite, root / f"out-{executor}-{n}", root / f"cache-{executor}-{n}", executor, args.cpus)
                 rows[executor, n] = result
                 print(f"{executor:>8} {n:>9} {result['wall']:>8.1f} {result['seconds']:>8.1f} "
                       f"{n / result['seconds']:>12.0f} {result['peak_mb']:>14.0f}", flush=True)
-            if rows["local", n]["records"] != rows["ray", n]["records"]:
+            if len(args.executors) == 2 and rows["local", n]["records"] != rows["ray", n]["records"]:
                 raise SystemExit(f"the executors' records differ at {n} sequences")
         small, large = min(args.sizes), max(args.sizes)
-        for executor in ("local", "ray"):
+        for executor in args.executors:
             grow = rows[executor, large]["peak_mb"] - rows[executor, small]["peak_mb"]
             print(f"{executor}: driver peak {rows[executor, small]['peak_mb']:.0f} -> "
                   f"{rows[executor, large]['peak_mb']:.0f} MB ({grow:+.0f} MB) for {large / small:g}x the data")
-        print("records identical between the executors at every size")
+        if len(args.executors) == 2:
+            print("records identical between the executors at every size")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,15 @@ def builtin_loaders() -> dict[str, Loader]:
 
 def rows_to_samples(rows: Any, spec: DatasetSpec, suite: SuiteFile, name: str, seed: int) -> list[Sample]:
     """Check the named fields exist and turn rows into samples (limit and shuffle applied)."""
+    samples = list(iter_samples(rows, spec, suite, name, seed))
+    if not samples:
+        raise suite.error(("datasets", name), "the dataset is empty (0 rows)")
+    return samples
+
+
+def iter_samples(rows: Any, spec: DatasetSpec, suite: SuiteFile, name: str, seed: int) -> Iterator[Sample]:
+    """The samples of `rows` one at a time (limit and shuffle applied; the rows stay in the
+    memory-mapped Arrow table). The named fields are checked now, each row as it is read."""
     columns = list(getattr(rows, "column_names", None) or [])
     for key in ("text_field", "prefix_field", "suffix_field", "tokens_field", "id_field"):
         wanted = getattr(spec, key)
@@ -133,16 +142,18 @@ def rows_to_samples(rows: Any, spec: DatasetSpec, suite: SuiteFile, name: str, s
         rows = rows.shuffle(seed=seed)
     if spec.limit is not None and len(rows) > spec.limit:
         rows = rows.select(range(spec.limit))
+    return _samples(rows, spec, suite, name)
+
+
+def _samples(rows: Any, spec: DatasetSpec, suite: SuiteFile, name: str) -> Iterator[Sample]:
     try:
-        samples = [_sample(row, index, spec) for index, row in enumerate(rows)]
+        for index, row in enumerate(rows):
+            yield _sample(row, index, spec)
     except UsageError as exc:
         raise suite.error(("datasets", name), exc.message) from None
     except UnicodeDecodeError:  # Arrow keeps undecodable bytes until a row is read
         found = diagnose(data_files(spec, suite), FILE_BUILDERS.get(spec.loader, "")) if spec.loader in FILE_BUILDERS else None
         raise found or suite.error(("datasets", name), "the data holds text that is not UTF-8") from None
-    if not samples:
-        raise suite.error(("datasets", name), "the dataset is empty (0 rows)")
-    return samples
 
 
 def _sample(row: dict[str, Any], index: int, spec: DatasetSpec) -> Sample:

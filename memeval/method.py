@@ -105,9 +105,9 @@ class Method:
 
     LM methods are map/reduce shaped: `prepare` turns samples into units of work, the runner sorts
     them by `size` and batches them, `map` turns a batch into records (one dict per sample, JSON
-    serialisable), and `reduce` turns all records into metrics. A method never prints or writes
-    files; model calls go through `context.model`, whose outputs the runner caches. What it adds
-    to the reports comes from `report_sections`, as data.
+    serialisable), and `reduce` turns all records, read back from the records file, into metrics.
+    A method never prints or writes files; model calls go through `context.model`, whose outputs the
+    runner caches. What it adds to the reports comes from `report_sections`, as data.
     """
 
     name: ClassVar[str] = ""
@@ -125,6 +125,12 @@ class Method:
     # Model batches `map` receives at once: a method whose model calls pool work over several
     # batches (greedy decoding after the first divergence) asks for more than one.
     batches_per_map: ClassVar[int] = 1
+    # `prepare` takes each sample on its own (its units for a block of samples are those it would give
+    # them among all the others), and keeps no state that `map` needs: the executors then prepare and
+    # map the dataset a block of samples at a time (`memeval.runner.BLOCK_SAMPLES`), sorted into
+    # batches by `size` within each block, and never hold all the samples or units. A cut it reports
+    # (`context.truncated`) is added up over the blocks.
+    prepares_in_blocks: ClassVar[bool] = False
 
     def __init__(self, params: BaseModel):
         self.params = params
@@ -169,7 +175,12 @@ class Method:
     def map(self, batch: list[Any], context: Context) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    def reduce(self, records: list[dict[str, Any]], context: Context) -> list[Metric]:
+    def reduce(self, records: Sequence[dict[str, Any]], context: Context) -> list[Metric]:
+        """Metrics from the records, in the order `map` emitted them, as read back from the records
+        file: each a JSON object (tuples are lists, keys strings, numpy values plain). `records` is a
+        sequence read from the file as it is used (`memeval.api.Records`): iterate it as often as
+        needed, take `len`, index it; hold only what a metric needs (a list of floats), not all the
+        records."""
         raise NotImplementedError
 
 

@@ -3,14 +3,19 @@
 This module is the builtin `ray` plugin. It implements `memeval_run_evaluation` with `tryfirst`;
 an evaluation it does not take falls through to the local executor (runner.py).
 
-Map-shaped LM methods: `prepare` runs on the driver; the units are cut into the local executor's
-very batches (so every forward pass sees the same rows and the numbers are bit-identical); a batch
-whose model outputs are all in the output cache is replayed on the driver and never dispatched;
-the others go through Ray Data `map_batches` over an actor pool, each actor holding the model once
-(its own torch thread count). Actors keep what they compute in memory and send it back with the
-records: the driver writes it to the output cache, so a second run is all cache hits and a killed
-run resumes. Batches come back in any order (a retried one possibly twice); the driver keeps the
-first of each and emits them in order, then `reduce` runs on the driver.
+Map-shaped LM methods: `prepare` runs on the driver, a block of samples at a time for a method
+that `prepares_in_blocks` (else all at once), as the local executor does; each block's units are cut
+into the local executor's very batches (so every forward pass sees the same rows and the numbers are
+bit-identical); a batch whose model outputs are all in the output cache is replayed on the driver
+and never dispatched; the others go to a pool of actors, each holding the model once (its own torch
+thread count), started for the first batch the cache cannot answer and kept for every block after
+it. An actor that dies is restarted and its batch retried. Actors keep what they compute in memory
+and send it back with the records: the driver writes it to the output cache, so a second run is all
+cache hits and a killed run resumes. Batches come back in any order; the driver emits each block's
+in order before it prepares the next, so it holds one block of samples, units and records at a
+time, then `reduce` runs on the driver over the records file. (Ray Data is not used here: its actor
+pool lives for one dataset's execution, whose input must exist in full before it starts, so feeding
+it block by block would load the model again for every block.)
 
 Training experiments (models with the `train` capability, e.g. a `matrix` over seeds): every such
 evaluation is sent as one Ray task when the session starts, so the cells train in parallel; the
@@ -29,10 +34,12 @@ import contextlib
 import io
 import logging
 import os
-import pickle
 import sys
 import tempfile
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +57,8 @@ from memeval.runner import (
     batches,
     map_reduce,
     map_size,
-    prepare,
     reduce,
+    unit_blocks,
 )
 from memeval.stash import StashKey
 from memeval.suite import ExecutorSpec
@@ -92,13 +99,10 @@ def connect(spec: ExecutorSpec, verbosity: int) -> Any:
     local one (which memeval shuts down at the end)."""
     try:
         import ray
-        import ray.data
     except ImportError:
         raise UsageError("executor ray: Ray is not installed (pip install 'memeval[ray]')") from None
     if verbosity <= 0:
         logging.getLogger("ray").setLevel(logging.WARNING)
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # not "progress bars disabled" every time
-    ray.data.DataContext.get_current().enable_progress_bars = verbosity > 0
     if ray.is_initialized():
         return ray
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": verbosity > 0,
@@ -130,8 +134,8 @@ def memeval_unconfigure(config: Config) -> None:
 
 def pool_size(ray: Any, spec: ExecutorSpec) -> tuple[int, float]:
     """Actors, and the CPUs each claims: by default one actor per CPU, sharing all but one CPU, so
-    Ray Data's own read and repartition tasks always find a CPU (an actor pool that claims every
-    CPU can hang)."""
+    Ray's own tasks (and a training experiment's) always find a CPU (a pool that claims every CPU
+    can hang them)."""
     cpus = float(ray.cluster_resources().get("CPU", 1))
     actors = spec.actors or max(1, int(cpus))
     share = spec.cpus_per_actor or max(0.01, (cpus - 1) / actors if cpus > 1 else cpus / (actors + 1))
@@ -220,19 +224,56 @@ class MapActor:
         self.context = worker_context(job)
         self.method = cloudpickle.loads(job.method)
 
-    def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
-        import numpy as np
+    def map(self, batch: int, units: list[Any]) -> tuple[int, dict[str, Any]]:
+        """Batch `batch`'s records, with the outputs computed for them and the model calls made."""
+        model = self.context.model
+        before = model.counter.snapshot()
+        records = self.method.map(units, self.context)
+        after = model.counter.snapshot()
+        return batch, {"records": records, "outputs": self.context.cache.drain(),
+                       "counts": {k: after[k] - before[k] for k in after}, "warnings": self.context.warnings[:]}
 
-        results = []
-        for blob in rows["units"]:
-            model = self.context.model
-            before = model.counter.snapshot()
-            records = self.method.map(pickle.loads(blob), self.context)
-            after = model.counter.snapshot()
-            results.append(pickle.dumps({"records": records, "outputs": self.context.cache.drain(),
-                                         "counts": {k: after[k] - before[k] for k in after},
-                                         "warnings": self.context.warnings[:]}))
-        return {"batch": rows["batch"], "result": np.array(results, dtype=object)}
+
+RETRIES = 3  # restarts of a dead actor, and retries of the batch it was mapping
+
+
+@dataclass
+class Pool:
+    """The evaluation's model-holding actors: started for the first batch the cache cannot answer
+    (joining or starting the cluster then), and kept for every block after it."""
+
+    spec: ExecutorSpec
+    context: EvaluationContext
+    method: bytes  # the prepared method, cloudpickled
+    ray: Any = None
+    reader: Any = None
+    actors: list[Any] = field(default_factory=list)
+
+    def map(self, batches: list[tuple[int, list[Any]]]) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(batch, result) for each (batch, units), in the order they are done."""
+        if not self.actors:
+            self._start(len(batches))
+        from ray.util import ActorPool
+
+        return ActorPool(self.actors).map_unordered(lambda actor, batch: actor.map.remote(*batch), batches)
+
+    def _start(self, wanted: int) -> None:
+        session = self.context.session
+        self.ray = connect(self.spec, session.config.verbosity)
+        self.reader = cache_reader(self.ray, session)
+        options = session.config.options
+        job = Job(item=self.context.item, plugins=list(getattr(options, "plugins", None) or []),
+                  cache_dir=str(session.config.cache_dir.resolve()), seed=session.seed,
+                  limit=getattr(options, "limit", None), threads=self.spec.threads, method=self.method,
+                  reader=self.reader)
+        actors, cpus = pool_size(self.ray, self.spec)
+        actor = self.ray.remote(num_cpus=cpus, num_gpus=self.spec.gpus_per_actor or None, max_restarts=RETRIES,
+                                max_task_retries=RETRIES)(MapActor)
+        self.actors = [actor.remote(job) for _ in range(min(actors, wanted))]  # an idle one would only load the model
+
+    def close(self) -> None:
+        for actor in [*self.actors, *([self.reader] if self.reader is not None else [])]:
+            self.ray.kill(actor)
 
 
 # -- replaying cached batches on the driver -----------------------------------------------
@@ -286,35 +327,50 @@ def memeval_run_evaluation(item: Item, context: EvaluationContext) -> Evaluation
     if not isinstance(context.model, CachedCausalLM):
         session.log(f"{item.id}: not a causal-LM method; runs in this process")
         return None
+    method = item.method_cls(item.params)
+    blocks = unit_blocks(item, context, method)
+    pool: Pool | None = None
+    tally: Counter[str] = Counter()
+    n_units = 0
+    try:
+        for units in blocks:
+            if pool is None:  # the method as `prepare` left it, sent once
+                pool = make_pool(spec, context, method)
+                if pool is None:
+                    return map_reduce(item, context, method, chain([units], blocks))
+            map_block(method, units, context, pool, tally)
+            n_units += len(units)
+            del units
+    finally:
+        if pool is not None and pool.ray is not None:
+            pool.close()
+    session.log(f"{item.id}: {tally['batches']} batches, {tally['replayed']} replayed from the cache, "
+                f"{tally['sent']} sent to Ray")
+    return reduce(item, context, method, n_units)
+
+
+def make_pool(spec: ExecutorSpec, context: EvaluationContext, method: Any) -> Pool | None:
+    """A pool for the prepared method, or None (with a warning) when it cannot be sent to a worker."""
     import cloudpickle
 
-    method = item.method_cls(item.params)
-    units = prepare(item, context, method)
     try:
-        blob = cloudpickle.dumps(method)
+        return Pool(spec, context, cloudpickle.dumps(method))
     except Exception as exc:  # e.g. a method that keeps an open cache after `prepare`
         context.warn(f"ran in this process, not on Ray: the prepared method cannot be sent to a worker "
                      f"({type(exc).__name__}: {exc})")
-        return map_reduce(item, context, method, units)
+        return None
+
+
+def map_block(method: Any, units: list[Any], context: EvaluationContext, pool: Pool, tally: Counter[str]) -> None:
+    """One block of units: its batches replayed from the cache or mapped on the pool, emitted in order."""
     groups = batches(method, units, map_size(method, context))
     done = replay(method, units, groups, context)
     todo = [b for b in range(len(groups)) if b not in done]
-    session.log(f"{item.id}: {len(groups)} batches, {len(done)} replayed from the cache, {len(todo)} sent to Ray")
+    tally.update(batches=len(groups), replayed=len(done), sent=len(todo))
     if todo:
-        ray = connect(spec, session.config.verbosity)
-        job = Job(item=item, plugins=list(getattr(session.config.options, "plugins", None) or []),
-                  cache_dir=str(session.config.cache_dir.resolve()), seed=session.seed,
-                  limit=getattr(session.config.options, "limit", None), threads=spec.threads, method=blob,
-                  reader=cache_reader(ray, session))
-        try:
-            dispatch(ray, spec, job, units, groups, todo, context, done)
-        finally:
-            ray.kill(job.reader)
-    records: list[dict[str, Any]] = []
+        dispatch(pool, units, groups, todo, context, done)
     for b in range(len(groups)):
-        context.emit(done[b])
-        records.extend(done[b])
-    return reduce(item, context, method, records, len(units))
+        context.emit(done.pop(b))
 
 
 def replay(method: Any, units: list[Any], groups: list[list[int]], context: EvaluationContext
@@ -340,23 +396,11 @@ def cache_reader(ray: Any, session: Session) -> Any:
     return actor.remote(str(session.config.cache_dir.resolve()), session.cache.mode)
 
 
-def dispatch(ray: Any, spec: ExecutorSpec, job: Job, units: list[Any], groups: list[list[int]], todo: list[int],
-             context: EvaluationContext, done: dict[int, list[dict[str, Any]]]) -> None:
-    """Map the `todo` batches on the actor pool; write their outputs to the cache as they arrive."""
-    actors, cpus = pool_size(ray, spec)
-    actors = min(actors, len(todo))  # an actor with no batch to map would only load the model
-    rows = [{"batch": b, "units": pickle.dumps([units[i] for i in groups[b]])} for b in todo]
-    # Small inputs would be one block, and one block goes to one actor: cut them up.
-    dataset = ray.data.from_items(rows).repartition(min(len(rows), actors * 4))
-    mapped = dataset.map_batches(MapActor, fn_constructor_args=(job,), batch_size=1, batch_format="numpy",
-                                 compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus,
-                                 num_gpus=spec.gpus_per_actor or None)  # Ray Data restarts a dead actor, retries
+def dispatch(pool: Pool, units: list[Any], groups: list[list[int]], todo: list[int], context: EvaluationContext,
+             done: dict[int, list[dict[str, Any]]]) -> None:
+    """Map the `todo` batches on the pool; write their outputs to the cache as they arrive."""
     counter = context.model.counter
-    for row in mapped.iter_rows():
-        b = int(row["batch"])
-        if b in done:  # a retried batch delivered twice: keep the first
-            continue
-        result = pickle.loads(row["result"])
+    for b, result in pool.map([(b, [units[i] for i in groups[b]]) for b in todo]):
         write_outputs(context.cache, result["outputs"])
         done[b] = result["records"]
         for key, value in result["counts"].items():

@@ -12,10 +12,11 @@ import heapq
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from array import array
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from memeval.errors import UsageError
 from memeval.files import write_text
@@ -157,25 +158,72 @@ SAFE_NAME = re.compile(r"[A-Za-z0-9_.,=\[\]-]+")
 UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9_.,=\[\]-]")
 
 
-class Records:
-    """An evaluation's records, streamed from `records/<id>.jsonl` (never all held in memory)."""
+class Records(Sequence[dict[str, Any]]):
+    """An evaluation's records, read from `records/<id>.jsonl` when they are needed (never all held in
+    memory): iterate it as often as needed, take its `len`, index or slice it (each record read from
+    the file through an index of line offsets, built on first use: 8 bytes a record), or take the
+    `top(n, key)`. A last line without its newline is a write cut short, not a record."""
 
     def __init__(self, path: Path | None):
         self.path = path
+        self._offsets = array("q")  # where each record's line starts
+        self._indexed = 0  # bytes of the file the offsets cover
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if self.path is None or not self.path.is_file():
-            return
-        with open(self.path, encoding="utf-8") as handle:
-            for line in handle:
-                if line.strip():
-                    yield json.loads(line)
+        for _, line in self._lines(0):
+            yield json.loads(line)
+
+    def __len__(self) -> int:
+        return len(self._index())
+
+    @overload
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[dict[str, Any]]: ...
+
+    def __getitem__(self, index: int | slice) -> dict[str, Any] | list[dict[str, Any]]:
+        offsets = self._index()
+        if isinstance(index, slice):
+            return [self._read(offsets[i]) for i in range(*index.indices(len(offsets)))]
+        return self._read(offsets[index])
 
     def top(self, n: int, key: Callable[[dict[str, Any]], float],
             where: Callable[[dict[str, Any]], bool] | None = None) -> list[dict[str, Any]]:
         """The n records with the largest key (ties keep file order), in one streaming pass."""
         chosen = (r for r in self if where is None or where(r))
         return heapq.nlargest(n, chosen, key=key)
+
+    def _lines(self, start: int) -> Iterator[tuple[int, bytes]]:
+        """(offset, line) of each complete, non-blank line from byte `start` on."""
+        if self.path is None or not self.path.is_file():
+            return
+        with open(self.path, "rb") as handle:
+            handle.seek(start)
+            offset = start
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    return
+                if line.strip():
+                    yield offset, line
+                offset += len(line)
+
+    def _index(self) -> array:
+        """The line offsets, extended over what was appended since they were last taken."""
+        size = self.path.stat().st_size if self.path is not None and self.path.is_file() else 0
+        if size != self._indexed:
+            if size < self._indexed:  # rewritten: start over
+                self._offsets, self._indexed = array("q"), 0
+            for offset, line in self._lines(self._indexed):
+                self._offsets.append(offset)
+                self._indexed = offset + len(line)
+        return self._offsets
+
+    def _read(self, offset: int) -> dict[str, Any]:
+        assert self.path is not None  # an empty index has no offset to read
+        with open(self.path, "rb") as handle:
+            handle.seek(offset)
+            return json.loads(handle.readline())
 
 
 @dataclass(frozen=True)

@@ -11,13 +11,15 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,14 +28,14 @@ from memeval.cache import OutputCache
 from memeval.collect import Item, apply_baseline_override, apply_model_overrides, collect
 from memeval.compare import SavedRun, compare_runs, comparison_record
 from memeval.config import Config
-from memeval.data import rows_to_samples, stream_texts
+from memeval.data import iter_samples, rows_to_samples, stream_texts
 from memeval.errors import EnvironmentProblem, ExitCode, Failures, UsageError, most_severe
 from memeval.files import atomic_writer, environment_problem, locked, remove_partials
 from memeval.gates import judge, not_judged
 from memeval.hookcall import call_each
 from memeval.matrix import aggregate_over_seeds
 from memeval.models.base import AdapterContext, CachedCausalLM, CausalLM, ModelAdapter
-from memeval.results import RECORDS_DIR, EvaluationResult, Metric, RunDir, RunResult
+from memeval.results import RECORDS_DIR, EvaluationResult, Metric, Records, RunDir, RunResult
 from memeval.sample import Sample
 from memeval.selection import compile_expression
 from memeval.stash import Stash
@@ -54,6 +56,8 @@ class EvaluationContext:
     session: Session
     item: Item
     _records: IO[str] | None = None
+    records_file: Path | None = None  # the file `_records` writes; without one, records are kept in memory
+    _kept: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     artifacts: dict[str, Any] = field(default_factory=dict)
     n_records: int = 0
@@ -120,9 +124,16 @@ class EvaluationContext:
         for record in records:
             if self._records is not None:
                 self._records.write(json.dumps(record, ensure_ascii=False, default=_jsonable) + "\n")
+            if self.records_file is None:
+                self._kept.append(record)
             self.n_records += 1
         if self._records is not None:
             self._records.flush()
+
+    def emitted(self) -> Sequence[dict[str, Any]]:
+        """The records emitted so far: read back from the records file as they are needed (never all
+        held), or, where there is no file (a worker), the ones kept in memory."""
+        return Records(self.records_file) if self.records_file is not None else self._kept
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -162,6 +173,7 @@ class Session:
         self._models: dict[str, ModelAdapter | CachedCausalLM] = {}
         self._model_errors: dict[str, BaseException] = {}
         self._datasets: dict[str, list[Sample]] = {}
+        self._rows: dict[str, Any] = {}
         self.items: list[Item] = []
         self.current: Item | None = None
         self.result = RunResult(suite={}, config={})
@@ -178,23 +190,39 @@ class Session:
             self._datasets[name] = samples[:limit] if limit else samples
         return self._datasets[name]
 
+    def sample_blocks(self, name: str, size: int) -> Iterator[list[Sample]]:
+        """The named dataset's samples (after `--limit`) in blocks of `size`, each made from the rows
+        when it is needed: the whole dataset is never held, unless another evaluation loaded it."""
+        if name in self._datasets:
+            loaded = self._datasets[name]
+            yield from (loaded[start:start + size] for start in range(0, len(loaded), size))
+            return
+        samples = iter_samples(self.rows(name), self.suite.spec.datasets[name], self.suite, name, self.seed)
+        limit = getattr(self.config.options, "limit", None)
+        samples = islice(samples, limit) if limit else samples
+        block = list(islice(samples, size))
+        if not block:
+            raise self.suite.error(("datasets", name), "the dataset is empty (0 rows)")
+        while block:
+            yield block
+            block = list(islice(samples, size))
+
     def stream_texts(self, name: str) -> Iterator[str]:
         """The texts of a dataset, streamed (for corpora too big to hold as samples)."""
-        spec = self.suite.spec.datasets[name]
-        try:
-            rows = self.config.registry.get("loader", spec.loader)(spec, self.suite)
-        except UsageError as exc:
-            raise exc if exc.file else self.suite.error(("datasets", name), exc.message) from None
-        return stream_texts(rows, spec)
+        return stream_texts(self.rows(name), self.suite.spec.datasets[name])
+
+    def rows(self, name: str) -> Any:
+        """The named dataset as its loader gives it (for files, a memory-mapped Arrow table), loaded once."""
+        if name not in self._rows:
+            spec = self.suite.spec.datasets[name]
+            try:
+                self._rows[name] = self.config.registry.get("loader", spec.loader)(spec, self.suite)
+            except UsageError as exc:
+                raise exc if exc.file else self.suite.error(("datasets", name), exc.message) from None
+        return self._rows[name]
 
     def _load_samples(self, name: str) -> list[Sample]:
-        spec = self.suite.spec.datasets[name]
-        loader = self.config.registry.get("loader", spec.loader)
-        try:
-            rows = loader(spec, self.suite)
-        except UsageError as exc:
-            raise exc if exc.file else self.suite.error(("datasets", name), exc.message) from None
-        return rows_to_samples(rows, spec, self.suite, name, self.seed)
+        return rows_to_samples(self.rows(name), self.suite.spec.datasets[name], self.suite, name, self.seed)
 
     def model(self, name: str) -> ModelAdapter | CachedCausalLM:
         """The named model, built on first use; a model that failed to build fails every user once
@@ -239,15 +267,65 @@ class Session:
 def memeval_run_evaluation(item: Item, context: EvaluationContext) -> EvaluationResult:
     """Run a map/reduce method in this process: batches of similar size, records streamed out."""
     method = item.method_cls(item.params)
-    return map_reduce(item, context, method, prepare(item, context, method))
+    return map_reduce(item, context, method, unit_blocks(item, context, method))
 
 
-def prepare(item: Item, context: EvaluationContext, method: Any) -> list[Any]:
-    units = method.prepare(context.samples, context)
-    if not units:
+BLOCK_SAMPLES = 2048  # samples prepared and mapped at a time, for a method that prepares in blocks
+
+
+def unit_blocks(item: Item, context: EvaluationContext, method: Any) -> Iterator[list[Any]]:
+    """The method's units: prepared a block of samples at a time when it `prepares_in_blocks`, else
+    all at once. A block that keeps no unit is skipped; an evaluation that keeps none is a usage error."""
+    kept = 0
+    for units in _prepared(item, context, method):
+        if units:
+            kept += len(units)
+            yield units
+        del units
+    if not kept:
         reasons = "; ".join(context.warnings) or "the method kept no sample"
         raise UsageError(f"evaluation {item.id!r} has nothing to evaluate ({reasons})")
-    return units
+
+
+def _prepared(item: Item, context: EvaluationContext, method: Any) -> Iterator[list[Any]]:
+    if not (method.prepares_in_blocks and item.spec.dataset):
+        yield method.prepare(context.samples, context)
+        return
+    blocks = BlockContext(context)
+    for samples in context.session.sample_blocks(item.spec.dataset, BLOCK_SAMPLES):
+        yield method.prepare(samples, blocks)
+    blocks.finish()
+
+
+NUMBER = re.compile(r"\d+")
+
+
+class BlockContext:
+    """The context `prepare` sees block by block: its cuts (`truncated`) are added up over the blocks
+    and reported once when they are done, as one `prepare` of every sample would (one line per kind
+    of cut, each number in it the largest any block had); all else is the evaluation's context."""
+
+    def __init__(self, context: EvaluationContext):
+        self._context = context
+        # (what with its numbers masked, requested) -> [count, total, the largest of each number]
+        self._cuts: dict[tuple[str, bool], list[Any]] = {}
+
+    def truncated(self, count: int, total: int, what: str, requested: bool = False) -> None:
+        if count and not requested and self._context.session.suite.spec.on_truncate == "error":
+            self._context.truncated(count, total, what, requested)  # the usage error, now
+        numbers = [int(n) for n in NUMBER.findall(what)]
+        cut = self._cuts.setdefault((NUMBER.sub("\0", what), requested), [0, 0, numbers])
+        cut[0], cut[1], cut[2] = cut[0] + count, cut[1] + total, list(map(max, cut[2], numbers))
+
+    def finish(self) -> None:
+        """Report the cuts of all the blocks."""
+        for (template, requested), (count, total, numbers) in self._cuts.items():
+            first, *rest = template.split("\0")
+            what = first + "".join(f"{n}{part}" for n, part in zip(numbers, rest, strict=True))
+            self._context.truncated(count, total, what, requested)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 def batches(method: Any, units: list[Any], size: int) -> list[list[int]]:
@@ -261,24 +339,25 @@ def map_size(method: Any, context: EvaluationContext) -> int:
     return context.batch_size * max(1, getattr(method, "batches_per_map", 1))
 
 
-def map_reduce(item: Item, context: EvaluationContext, method: Any, units: list[Any]) -> EvaluationResult:
-    """`map` over the prepared units in this process, records streamed out, then `reduce`."""
+def map_reduce(item: Item, context: EvaluationContext, method: Any, blocks: Iterable[list[Any]]) -> EvaluationResult:
+    """`map` over each block of prepared units in this process, records streamed out, then `reduce`
+    over them as read back."""
     from tqdm import tqdm
 
-    records: list[dict[str, Any]] = []
     quiet = context.session.config.verbosity < 0
-    with tqdm(total=len(units), desc=item.id, unit="sample", file=sys.stderr, disable=quiet, leave=False) as bar:
-        for batch in batches(method, units, map_size(method, context)):
-            batch_records = method.map([units[i] for i in batch], context)
-            context.emit(batch_records)
-            records.extend(batch_records)
-            bar.update(len(batch))
-    return reduce(item, context, method, records, len(units))
+    n_units = 0
+    with tqdm(desc=item.id, unit="sample", file=sys.stderr, disable=quiet, leave=False) as bar:
+        for units in blocks:
+            for batch in batches(method, units, map_size(method, context)):
+                context.emit(method.map([units[i] for i in batch], context))
+                bar.update(len(batch))
+            n_units += len(units)
+            del units
+    return reduce(item, context, method, n_units)
 
 
-def reduce(item: Item, context: EvaluationContext, method: Any, records: list[dict[str, Any]],
-           n_units: int) -> EvaluationResult:
-    metrics = method.reduce(records, context)
+def reduce(item: Item, context: EvaluationContext, method: Any, n_units: int) -> EvaluationResult:
+    metrics = method.reduce(context.emitted(), context)
     return EvaluationResult(id=item.id, method=item.method_cls.name, model=item.spec.model,
                             dataset=item.spec.dataset, params=item.params.model_dump(mode="json"),
                             n_samples=n_units, metrics=metrics)
@@ -430,7 +509,7 @@ def run_item(session: Session, item: Item) -> EvaluationResult:
     started, started_at = time.perf_counter(), now()
     corrupted = session.cache.corrupted
     with atomic_writer(session.run_dir.records_file(item.id)) as records:
-        context = EvaluationContext(session=session, item=item, _records=records)
+        context = EvaluationContext(session=session, item=item, _records=records, records_file=Path(records.name))
         result = _evaluate(session, item, context)
     if session.cache.corrupted > corrupted:
         context.warn(f"output cache: {session.cache.corrupted - corrupted} stored outputs failed their checksum "

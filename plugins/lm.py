@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ class LMLoss(Method):
     summary = "mean token NLL and perplexity of each sample"
     Params = LossParams
     requires = frozenset({"logprobs"})
+    prepares_in_blocks = True  # each sample is tokenized and cut on its own
     metrics = (
         MetricSpec("loss_mean", "mean over samples of the per-sample mean token NLL (nats)", False, "loss"),
         MetricSpec("loss_median", "median over samples of the per-sample mean token NLL (nats)", False, "loss", "median"),
@@ -78,7 +80,7 @@ class LMLoss(Method):
                             "perplexity": math.exp(loss), "cut_tokens": cut, "text": sample.full_text})
         return records
 
-    def reduce(self, records: list[dict[str, Any]], context: Any) -> list:
+    def reduce(self, records: Sequence[dict[str, Any]], context: Any) -> list:
         losses = [r["loss"] for r in records]
         perplexities = [r["perplexity"] for r in records]
         return [mean_metric("loss_mean", losses, seed=context.seed),
