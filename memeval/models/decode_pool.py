@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 # Rows decoded together, at most, in teacher-forced batches: on a CPU a one-token step of 64 rows
@@ -129,11 +130,14 @@ def _pooled_cache(buffers: list[tuple[Any, Any]], state: _Step) -> Any:
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    cache.layers = [_PoolLayer(keys, values, state) for keys, values in buffers]
+    layer = _pool_layer_class()
+    cache.layers = [layer(keys, values, state) for keys, values in buffers]
     return cache
 
 
+@cache
 def _pool_layer_class() -> type:
+    """The layer class, made once: transformers is imported only when decoding."""
     from transformers.cache_utils import DynamicLayer
 
     class PoolLayer(DynamicLayer):
@@ -164,11 +168,3 @@ def _pool_layer_class() -> type:
     return PoolLayer
 
 
-_POOL_LAYER: type | None = None
-
-
-def _PoolLayer(keys: Any, values: Any, state: _Step) -> Any:  # noqa: N802 - a class made on first use
-    global _POOL_LAYER
-    if _POOL_LAYER is None:
-        _POOL_LAYER = _pool_layer_class()
-    return _POOL_LAYER(keys, values, state)
