@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
 from memeval.errors import UsageError
 from memeval.formatting import number
@@ -135,6 +134,8 @@ def verdict(row: MetricDelta) -> str:
 
 def _normal_ci(delta: float, base: Metric, new: Metric) -> tuple[float, float]:
     level = new.ci_level or DEFAULT_LEVEL
+    from scipy import stats  # ~60 MB: imported only when used
+
     z = stats.norm.ppf(0.5 + level / 2)
     se = math.hypot((base.ci_high - base.ci_low) / (2 * z), (new.ci_high - new.ci_low) / (2 * z))
     return delta - z * se, delta + z * se

@@ -11,7 +11,6 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from scipy import stats as sps
 
 from memeval.results import EvaluationResult
 from memeval.stats import DEFAULT_LEVEL
@@ -96,5 +95,7 @@ def t_interval(values: list[float], level: float = DEFAULT_LEVEL) -> tuple[float
     if len(values) < 2:
         return None, None
     data = np.asarray(values, dtype=np.float64)
+    from scipy import stats as sps  # ~60 MB: imported only when used
+
     half = sps.t.ppf((1 + level) / 2, len(data) - 1) * data.std(ddof=1) / math.sqrt(len(data))
     return float(data.mean() - half), float(data.mean() + half)

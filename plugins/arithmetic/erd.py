@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from scipy.spatial.distance import pdist
 
 from memeval.api import (
     Context,
@@ -58,11 +57,15 @@ def diagonal(samples: Any) -> list[dict[str, Any]]:
 
 def hamming(texts: list[str]) -> np.ndarray:
     """Condensed pairwise Hamming distances (counts of differing characters) of equal-length texts."""
+    from scipy.spatial.distance import pdist  # imported when used, not when the plugin loads
+
     codes = np.array([[ord(c) for c in t] for t in texts])
     return pdist(codes, metric="hamming") * codes.shape[1]
 
 
 def reference_distances(rows: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    from scipy.spatial.distance import pdist
+
     a = np.array([[r["a"]] for r in rows], dtype=np.float64)
     value = np.array([[r["value"]] for r in rows], dtype=np.float64)
     return {
@@ -176,6 +179,8 @@ class Erd(Method):
 
 
 def erd_records(model: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    from scipy.spatial.distance import pdist
+
     references = reference_distances(rows)
     layers = model.layer_outputs([r["prompt"] for r in rows], [r["target"] for r in rows])
     out = []

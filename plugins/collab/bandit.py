@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import networkx as nx
 import numpy as np
 from pydantic import Field, field_validator
 
@@ -33,6 +32,7 @@ from memeval_plugins.collab.graphs import (
     GraphFile,
     GraphSpec,
     build_graph,
+    connected,
 )
 from memeval_plugins.collab.simulation import simulate
 
@@ -162,7 +162,7 @@ class CollaborativeBandit(Method):
         reached = np.flatnonzero(fractions >= p.target)
         return {"id": f"{run.setting}-c{run.corruption:g}-r{run.repeat}", "setting": run.setting,
                 "corruption": run.corruption, "repeat": run.repeat, "agents": agents,
-                "edges": graph.number_of_edges(), "connected": bool(nx.is_connected(graph)),
+                "edges": graph.number_of_edges(), "connected": connected(graph),
                 "corrupted_agents": int(corrupted.sum()),
                 "final_fraction": float(fractions[-p.final_window:].mean()),
                 "time_to_target": int(reached[0]) + 1 if reached.size else None,

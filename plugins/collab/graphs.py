@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-import networkx as nx
 import numpy as np
 from pydantic import Field, model_validator
 
 from memeval.api import Strict, UsageError
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 
 class ErdosRenyi(Strict):
@@ -46,12 +48,14 @@ class Edgeless(Strict):
 
 GraphSpec = Annotated[ErdosRenyi | BarabasiAlbert | GraphFile | Edgeless, Field(discriminator="kind")]
 
-READERS = {".graphml": nx.read_graphml, ".gml": nx.read_gml, ".adjlist": nx.read_adjlist}
+READERS = {".graphml": "read_graphml", ".gml": "read_gml", ".adjlist": "read_adjlist"}  # else an edge list
 
 
 def build_graph(spec: ErdosRenyi | BarabasiAlbert | GraphFile | Edgeless, seed: int, path: Path | None = None
                 ) -> nx.Graph:
     """An undirected simple graph with nodes 0..n-1 (`path`: a graph file's, resolved by the caller)."""
+    import networkx as nx  # imported when used: a run that loads every plugin should not pay for it
+
     if isinstance(spec, ErdosRenyi):
         graph = nx.gnp_random_graph(spec.agents, spec.p, seed=seed)
     elif isinstance(spec, BarabasiAlbert):
@@ -66,15 +70,23 @@ def build_graph(spec: ErdosRenyi | BarabasiAlbert | GraphFile | Edgeless, seed: 
 
 
 def read_graph(path: Path) -> nx.Graph:
+    import networkx as nx
+
     if not path.is_file():
         raise UsageError(f"graph file {str(path)!r} does not exist")
     try:
-        graph = READERS.get(path.suffix.lower(), nx.read_edgelist)(path)
+        graph = getattr(nx, READERS.get(path.suffix.lower(), "read_edgelist"))(path)
     except Exception as exc:  # networkx raises many kinds on a malformed file
         raise UsageError(f"graph file {str(path)!r} could not be read: {exc}") from exc
     if graph.number_of_nodes() < 2:
         raise UsageError(f"graph file {str(path)!r} has {graph.number_of_nodes()} nodes; expected at least 2")
     return graph
+
+
+def connected(graph: nx.Graph) -> bool:
+    import networkx as nx
+
+    return bool(nx.is_connected(graph))
 
 
 def _sortable(graph: nx.Graph) -> bool:
@@ -94,6 +106,8 @@ class Adjacency:
 
     @classmethod
     def of(cls, graph: nx.Graph) -> Adjacency:
+        import networkx as nx
+
         matrix = nx.to_scipy_sparse_array(graph, nodelist=range(graph.number_of_nodes()), format="csr")
         return cls(matrix.indptr.astype(np.int64), matrix.indices.astype(np.int64))
 

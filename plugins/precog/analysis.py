@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats
 
 from memeval.api import DEFAULT_LEVEL, DEFAULT_RESAMPLES, clopper_pearson
 
@@ -38,6 +37,8 @@ def spearman_ci(x: Sequence[float], y: Sequence[float], seed: int = 0, level: fl
     a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if a.size < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
         return float("nan"), float("nan"), float("nan")
+    from scipy import stats  # imported when used, not when the plugin loads
+
     rho = float(stats.spearmanr(a, b).statistic)
     rng = np.random.default_rng(seed)
     draws = []
