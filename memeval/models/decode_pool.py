@@ -15,11 +15,14 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-# Rows decoded together, at most, in teacher-forced batches: on a CPU a one-token step of 64 rows
-# costs a fraction of four steps of 16 (the weights are read once per step) ...
-DECODE_POOL_BATCHES = 4
-# ... as long as the pooled cache stays smaller than the weights it saves reading.
-POOL_CACHE_PER_WEIGHT_BYTE = 1.0
+# Rows decoded together, at most, in teacher-forced batches: on a CPU a one-token step of 48 rows
+# costs a fraction of three steps of 16 (the weights are read once per step) ...
+DECODE_POOL_BATCHES = 3
+# ... as long as the pooled cache takes at most this share of the memory the process holds when
+# decoding starts (resident memory on a CPU, the weights on an accelerator). A plain generate loop
+# holds the same process and weights and one batch's cache; measured (benchmarks/README.md), pools
+# of three batches keep a run's peak at 1.14-1.18x generate's, pools of four at 1.22x.
+POOL_CACHE_SHARE = 0.15
 
 
 @dataclass
@@ -40,12 +43,19 @@ class _Step:
     row_ids: Any  # [pool] 0..pool-1
 
 
-def pool_rows(batch_size: int, column_bytes: int, columns: int, weight_bytes: int) -> int:
+def pool_rows(batch_size: int, column_bytes: int, columns: int, held_bytes: int) -> int:
     """How many rows to pool: up to DECODE_POOL_BATCHES batches, while their cache (`column_bytes`
-    per row and column, over all layers) stays under POOL_CACHE_PER_WEIGHT_BYTE of the weights; at
-    least one batch."""
-    by_memory = int(POOL_CACHE_PER_WEIGHT_BYTE * weight_bytes) // max(1, column_bytes * columns)
+    per row and column, over all layers) stays under POOL_CACHE_SHARE of `held_bytes`, the memory
+    the process holds already; at least one batch."""
+    by_memory = int(POOL_CACHE_SHARE * held_bytes) // max(1, column_bytes * columns)
     return max(batch_size, min(DECODE_POOL_BATCHES * batch_size, by_memory))
+
+
+def resident_bytes() -> int:
+    """This process's resident memory."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
 
 
 class DecodePool:

@@ -24,7 +24,7 @@ from memeval.models.base import (
     TokenScores,
     greedy_head,
 )
-from memeval.models.decode_pool import DecodePool, PoolRow, pool_rows
+from memeval.models.decode_pool import DecodePool, PoolRow, pool_rows, resident_bytes
 from memeval.models.token_stats import ALL_STATS, position_stats, split_head
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
@@ -349,7 +349,7 @@ class HFCausal(CausalLM):
         results: list[Any] = [None] * len(sequences)
         state: dict[str, Any] = {}
         pool = DecodePool(columns, lambda column_bytes: pool_rows(self.params.batch_size, column_bytes, columns,
-                                                                  self._weight_bytes))
+                                                                  self._held_bytes()))
 
         def keep(states: Any, head: Any, targets: Any, lengths: list[int]) -> list[None]:
             state["batch"] = (states, head, targets, lengths)  # for after_batch, which knows the rows
@@ -394,8 +394,11 @@ class HFCausal(CausalLM):
         margin = top.values[:, 0] - top.values[:, -1]
         return top.indices[:, 0].cpu(), margin.cpu()
 
-    @cached_property
-    def _weight_bytes(self) -> int:
+    def _held_bytes(self) -> int:
+        """The memory a decode pool is sized against: the process's on a CPU, the weights' on an
+        accelerator (whose memory holds little else)."""
+        if self.device == "cpu":
+            return resident_bytes()
         return sum(p.numel() * p.element_size() for p in self.torch_model.parameters())
 
     def _forward(self, sequences: Sequence[Sequence[int]], per_batch: Any, use_cache: bool = False,

@@ -51,14 +51,15 @@ def position_stats(states: Any, head: Any, targets: Any, stats: Collection[str] 
     parts: dict[str, list[Any]] = {name: [] for name in stats}
     width = min(step, states.shape[0])
     logits = torch.empty((width, vocab), dtype=torch.float32, device=states.device)
-    scratch = torch.empty_like(logits)
+    softmax = bool(set(stats) - {"argmax", "margin"})  # the top two logits need no normalising
+    scratch = torch.empty_like(logits) if softmax else None
     product = torch.empty_like(logits) if {"mean_logprob", "std_logprob"} & set(stats) else None
     with torch.inference_mode():
         for start in range(0, states.shape[0], step):
             chunk = states[start:start + step]
             n = chunk.shape[0]
-            _reduce_chunk(_project(chunk, head, logits[:n]), scratch[:n], None if product is None else product[:n],
-                          targets[start:start + step], parts)
+            _reduce_chunk(_project(chunk, head, logits[:n]), None if scratch is None else scratch[:n],
+                          None if product is None else product[:n], targets[start:start + step], parts)
     empty = {"argmax": torch.long}
     return {name: (torch.cat(chunks) if chunks else torch.zeros(0, dtype=empty.get(name, torch.float32))).cpu()
             for name, chunks in parts.items()}
@@ -91,6 +92,8 @@ def _reduce_chunk(logits: Any, scratch: Any, product: Any, targets: Any, parts: 
         if "margin" in parts:
             values = top.values
             parts["margin"].append(values[:, 0] - values[:, 1] if values.shape[-1] > 1 else values[:, 0] * 0)
+    if scratch is None:
+        return
     peak = logits.amax(-1, keepdim=True)
     logits.sub_(peak)
     torch.exp(logits, out=scratch)

@@ -84,7 +84,7 @@ class Discoverable(Method):
     summary = "greedy extraction of training suffixes from training prefixes (exact rate, memorization score)"
     Params = DiscoverableParams
     requires = frozenset({"logprobs", "generate"})
-    batches_per_map = 4  # hf-causal decodes the rows of up to four batches together
+    batches_per_map = 3  # hf-causal decodes the rows of up to three batches together (DECODE_POOL_BATCHES)
     metrics = (
         MetricSpec("extractable_rate", "share of samples whose greedy continuation equals the true suffix", True,
                    "exact"),

@@ -213,11 +213,11 @@ def test_position_stats_in_chunks_equal_the_full_log_softmax(monkeypatch):
     assert set(token_stats.position_stats(states, head, targets, ("logprob",))) == {"logprob"}
 
 
-@pytest.mark.parametrize("cache_per_weight_byte", [0.0, 1e6], ids=["one-batch-pool", "four-batch-pool"])
-def test_pooled_decoding_after_divergence_equals_generate(hf_model, monkeypatch, cache_per_weight_byte):
+@pytest.mark.parametrize("cache_share", [0.0, 1e6], ids=["one-batch-pool", "four-batch-pool"])
+def test_pooled_decoding_after_divergence_equals_generate(hf_model, monkeypatch, cache_share):
     # 7 batches of 4: the pool of rows left to decode flushes mid-way and mixes rows of different
     # batches, prompt lengths and divergence points; rows leave the decoding batch as they finish.
-    monkeypatch.setattr(decode_pool, "POOL_CACHE_PER_WEIGHT_BYTE", cache_per_weight_byte)
+    monkeypatch.setattr(decode_pool, "POOL_CACHE_SHARE", cache_share)
     words = ["red", "fox", "jumps", "over", "the", "lazy", "dog", "and", "cat", "runs"]
     texts = [" ".join(words[(i + k * (1 + i % 3)) % len(words)] for k in range(3 + i % 5)) for i in range(28)]
     sequences = hf_model.tokenize(texts)
@@ -228,11 +228,11 @@ def test_pooled_decoding_after_divergence_equals_generate(hf_model, monkeypatch,
         assert got == again == hf_model.generate([ids[:p]], len(ids) - p)[0]
 
 
-def test_decode_pool_size_is_bounded_by_batches_and_by_the_weights():
+def test_decode_pool_size_is_bounded_by_batches_and_by_the_memory_held():
     mb = 1 << 20
-    assert decode_pool.pool_rows(16, column_bytes=18_432, columns=64, weight_bytes=540 * mb) == 64  # 4 batches
-    assert decode_pool.pool_rows(16, column_bytes=18_432, columns=64, weight_bytes=43 * mb) == 38  # the weights
-    assert decode_pool.pool_rows(16, column_bytes=18_432, columns=64, weight_bytes=1 * mb) == 16  # one batch at least
+    assert decode_pool.pool_rows(16, column_bytes=18_432, columns=64, held_bytes=1000 * mb) == 48  # 3 batches
+    assert decode_pool.pool_rows(16, column_bytes=18_432, columns=64, held_bytes=300 * mb) == 40  # its share
+    assert decode_pool.pool_rows(16, column_bytes=18_432, columns=64, held_bytes=10 * mb) == 16  # one batch at least
 
 
 @pytest.mark.parametrize("verify_tokens", [0, 2, 100])
