@@ -26,6 +26,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -342,11 +343,15 @@ def measure_suite(model_dir: str, samples: int, work: Path) -> None:
     seconds = {}
     for name, methods in plans.items():
         (work / "s.yaml").write_text(suite_text(model_dir, methods))
+        cache, out = work / f"cache-{len(seconds)}", work / name
+        for old in (cache, out):  # a --work directory kept from an earlier run must not replay its cache
+            shutil.rmtree(old, ignore_errors=True)
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "memeval", "run", str(work / "s.yaml"), "--out", str(work / name),
-                        "--cache-dir", str(work / f"cache-{len(seconds)}")],
-                       check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "memeval", "run", str(work / "s.yaml"), "--out", str(out),
+                        "--cache-dir", str(cache)], check=True, capture_output=True)
         seconds[name] = time.perf_counter() - started
+        calls = json.loads((out / "run.json").read_text())["evaluations"][0]["model_calls"]
+        assert calls["computed"] > 0, f"{name}: nothing computed (a cache replayed?)"
     slowest = max(seconds[m] for m in list(plans)[:4])
     print(f"\n## The four LM methods on {samples} member + {samples} non-member texts (one run each, fresh cache)")
     print("| suite | wall s | / slowest alone |")

@@ -96,9 +96,9 @@ class TokenScores:
         return cls(rows[0], rows[1].astype(np.int64), rows[2], rows[3], rows[4])
 
 
-# True tokens after the prompt that `greedy_paths` verifies in its teacher-forced pass: a token
-# verified there costs about a third of a decoding step (on a CPU, a batch's positions go through
-# the weights together), one decoded costs a step.
+# True tokens after the prompt that `greedy_paths` verifies in its teacher-forced pass, at most: a
+# token verified there costs about half a decoding step (on a CPU, a batch's positions go through
+# the weights together) for every row, one decoded costs a step for the rows that get that far.
 VERIFY_TOKENS = 4
 
 

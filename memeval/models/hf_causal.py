@@ -293,14 +293,17 @@ class HFCausal(CausalLM):
         return [(score, made) for score, made, _ in self._pooled_greedy(sequences, per_batch, plan, columns)]
 
     def greedy_paths(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
-                     verify_tokens: int = VERIFY_TOKENS) -> list[GreedyPath]:
+                     verify_tokens: int | None = None) -> list[GreedyPath]:
         """Greedy decoding of each prompt, verified in parallel while it follows the true tokens:
         one teacher-forced pass over the prompt and the first `verify_tokens` + 1 true tokens gives
         the argmax at each of those positions, which is what greedy decoding emits there as long as
         every earlier one was the true token. Decoding (pooled, from that pass's KV cache) starts at
         the first divergence, or after the verified tokens. No full-vocabulary statistics, and the
         LM head only at the verified positions: a prompt's greedy path costs about a plain
-        `generate`, less the tokens verified in parallel."""
+        `generate`, less the tokens verified in parallel. `verify_tokens`: by default as many as
+        this model's earlier rows made worth verifying (`VerifyDepth`)."""
+        if verify_tokens is None:
+            verify_tokens = self._verify_depth.tokens()
 
         def ends(i: int) -> int:  # the teacher-forced input: the prompt and the verified true tokens
             return min(len(sequences[i]), prompt_lengths[i] + verify_tokens + 1)
@@ -316,6 +319,8 @@ class HFCausal(CausalLM):
 
         columns = max((len(s) - 1 for s in sequences), default=0)
         found = self._pooled_greedy(inputs, _suffix_argmax(firsts), plan, columns)
+        self._verify_depth.observe(matched(made, sequences[i][p:])
+                                   for i, ((_, made, _), p) in enumerate(zip(found, prompt_lengths, strict=True)))
         return [GreedyPath(made, np.asarray(margins, dtype=np.float32)) for _, made, margins in found]
 
     def continue_greedy(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
@@ -393,6 +398,10 @@ class HFCausal(CausalLM):
         top = logits.topk(min(2, logits.shape[-1]), dim=-1)  # a log-prob margin is a logit margin
         margin = top.values[:, 0] - top.values[:, -1]
         return top.indices[:, 0].cpu(), margin.cpu()
+
+    @cached_property
+    def _verify_depth(self) -> VerifyDepth:
+        return VerifyDepth()
 
     def _held_bytes(self) -> int:
         """The memory a decode pool is sized against: the process's on a CPU, the weights' on an
@@ -605,6 +614,37 @@ def _cache_layers(cache: Any) -> list[tuple[Any, Any]]:
     if hasattr(cache, "layers"):
         return [(layer.keys, layer.values) for layer in cache.layers]
     return list(zip(cache.key_cache, cache.value_cache, strict=True))  # transformers 4.x
+
+
+class VerifyDepth:
+    """How many true tokens `greedy_paths` verifies in its teacher-forced pass, from the greedy paths
+    seen so far: verifying the j-th suffix token costs every row about half a decoding step and
+    saves a step for the rows whose greedy path reproduces the suffix that far, so it is done while
+    at least half of the rows seen did. A model that memorizes nothing then verifies nothing and
+    costs what `generate` does; one that memorizes much verifies up to VERIFY_TOKENS."""
+
+    WORTH = 0.5  # a verified token's cost over a decoded one's
+    SEEN_BEFORE_ADAPTING = 16
+
+    def __init__(self) -> None:
+        self.reached = np.zeros(VERIFY_TOKENS + 1, dtype=np.int64)  # rows matching at least j tokens
+        self.rows = 0
+
+    def observe(self, matches: Any) -> None:
+        for match in matches:
+            self.reached[:min(match, VERIFY_TOKENS) + 1] += 1
+            self.rows += 1
+
+    def tokens(self) -> int:
+        if self.rows < self.SEEN_BEFORE_ADAPTING:
+            return VERIFY_TOKENS
+        worth = self.reached[1:] >= self.WORTH * self.rows
+        return int(np.argmin(worth)) if not worth.all() else VERIFY_TOKENS
+
+
+def matched(made: Sequence[int], truth: Sequence[int]) -> int:
+    """How many leading tokens of `truth` the greedy path `made` reproduces."""
+    return next((j for j, (a, b) in enumerate(zip(made, truth, strict=False)) if a != b), min(len(made), len(truth)))
 
 
 def _no_stats(states: Any, head: Any, targets: Any, lengths: list[int], batch: list[int]) -> list[None]:

@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memeval.errors import UsageError
 from memeval.models import HFCausal, decode_pool
+from memeval.models.hf_causal import VerifyDepth, matched
 
 TEXTS = ["red fox jumps", "the lazy dog and cat runs over the red fox", "cat", "zq wx vb 42 and the dog",
          "over the lazy dog", "runs and runs and runs and runs and jumps"]
@@ -233,6 +234,32 @@ def test_decode_pool_size_is_bounded_by_batches_and_by_the_memory_held():
     assert decode_pool.pool_rows(16, column_bytes=18_432, columns=64, held_bytes=1000 * mb) == 48  # 3 batches
     assert decode_pool.pool_rows(16, column_bytes=18_432, columns=64, held_bytes=300 * mb) == 40  # its share
     assert decode_pool.pool_rows(16, column_bytes=18_432, columns=64, held_bytes=10 * mb) == 16  # one batch at least
+
+
+def test_verify_depth_follows_how_far_the_greedy_paths_reproduce_their_suffix():
+    assert matched([5, 6, 9], [5, 6, 7]) == 2 and matched([5, 6], [5, 6, 7]) == 2 and matched([1], [2]) == 0
+    depth = VerifyDepth()
+    depth.observe([0] * 15)
+    assert depth.tokens() == 4  # too few rows seen to judge
+    depth.observe([0])
+    assert depth.tokens() == 0  # nothing memorized: verifying would cost every row and save none
+    mixed = VerifyDepth()
+    mixed.observe([0] * 4 + [1] * 2 + [2] * 4 + [3] * 2 + [32] * 8)  # of 20: 16, 14, 10, 8 reach 1, 2, 3, 4
+    assert mixed.tokens() == 3
+    memorized = VerifyDepth()
+    memorized.observe([32] * 20)
+    assert memorized.tokens() == 4
+
+
+def test_greedy_paths_adapt_their_verification_without_changing_the_paths(hf_model):
+    words = ["red", "fox", "jumps", "over", "the", "lazy", "dog", "and", "cat", "runs"]
+    sequences = hf_model.tokenize([" ".join(words[(i + k) % len(words)] for k in range(8)) for i in range(40)])
+    prompts = [3] * len(sequences)
+    expected = [hf_model.generate([ids[:3]], len(ids) - 3)[0] for ids in sequences]
+    first = hf_model.greedy_paths(sequences[:20], prompts[:20])
+    assert hf_model._verify_depth.rows == 20
+    later = hf_model.greedy_paths(sequences[20:], prompts[20:])  # at the depth the first 20 rows chose
+    assert [p.tokens for p in first + later] == expected
 
 
 @pytest.mark.parametrize("verify_tokens", [0, 2, 100])
