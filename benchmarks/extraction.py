@@ -17,7 +17,8 @@ tokens are checked identical to `generate`'s.
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/extraction.py [--job trained|smollm2|both]
         [--samples 256] [--memorized 48] [--epochs 150] [--layers 6] [--width 384] [--smollm2-samples 200]
         [--repeats 3] [--threads 2] [--batch 16] [--work DIR]
-        [--suite]   # also: lm.loss, membership.attack, discoverable, probabilistic alone and together
+        [--suite | --suite-only]   # also (or only): lm.loss, membership.attack, discoverable, probabilistic
+                                   # alone and together, on the trained model
 """
 
 from __future__ import annotations
@@ -326,8 +327,9 @@ evaluations:
 """
 
 
-def measure_suite(model_dir: str, samples: int, work: Path) -> None:
-    """The four LM methods alone and together in two orders, each a fresh run with a fresh cache."""
+def measure_suite(model_dir: str, samples: int, work: Path, repeats: int) -> None:
+    """The four LM methods alone and together in two orders, each a fresh `memeval run` with a fresh
+    cache, the plans interleaved `repeats` times (medians)."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -340,24 +342,27 @@ def measure_suite(model_dir: str, samples: int, work: Path) -> None:
              "extraction.probabilistic": ["probabilistic"],
              "all four (loss first)": ["loss", "membership", "discoverable", "probabilistic"],
              "all four (discoverable first)": ["discoverable", "probabilistic", "membership", "loss"]}
-    seconds = {}
-    for name, methods in plans.items():
-        (work / "s.yaml").write_text(suite_text(model_dir, methods))
-        cache, out = work / f"cache-{len(seconds)}", work / name
-        for old in (cache, out):  # a --work directory kept from an earlier run must not replay its cache
-            shutil.rmtree(old, ignore_errors=True)
-        started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "memeval", "run", str(work / "s.yaml"), "--out", str(out),
-                        "--cache-dir", str(cache)], check=True, capture_output=True)
-        seconds[name] = time.perf_counter() - started
-        calls = json.loads((out / "run.json").read_text())["evaluations"][0]["model_calls"]
-        assert calls["computed"] > 0, f"{name}: nothing computed (a cache replayed?)"
-    slowest = max(seconds[m] for m in list(plans)[:4])
-    print(f"\n## The four LM methods on {samples} member + {samples} non-member texts (one run each, fresh cache)")
-    print("| suite | wall s | / slowest alone |")
+    seconds: dict[str, list[float]] = {name: [] for name in plans}
+    for _ in range(repeats):
+        for number, (name, methods) in enumerate(plans.items()):
+            (work / "s.yaml").write_text(suite_text(model_dir, methods))
+            cache, out = work / f"cache-{number}", work / name
+            for old in (cache, out):  # a --work directory kept from an earlier run must not replay its cache
+                shutil.rmtree(old, ignore_errors=True)
+            started = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "memeval", "run", str(work / "s.yaml"), "--out", str(out),
+                            "--cache-dir", str(cache)], check=True, capture_output=True)
+            seconds[name].append(time.perf_counter() - started)
+            calls = json.loads((out / "run.json").read_text())["evaluations"][0]["model_calls"]
+            assert calls["computed"] > 0, f"{name}: nothing computed (a cache replayed?)"
+    median = {name: statistics.median(runs) for name, runs in seconds.items()}
+    slowest = max(median[m] for m in list(plans)[:4])
+    print(f"\n## The four LM methods on {samples} member + {samples} non-member texts (one run each, fresh cache; "
+          f"{repeats} interleaved repetitions, medians)")
+    print("| suite | wall s (range) | / slowest alone |")
     print("|---|---|---|")
-    for name, s in seconds.items():
-        print(f"| {name} | {s:.1f} | {s / slowest:.2f}x |")
+    for name, s in median.items():
+        print(f"| {name} | {s:.1f} ({min(seconds[name]):.1f}-{max(seconds[name]):.1f}) | {s / slowest:.2f}x |")
 
 
 def main() -> None:
@@ -375,6 +380,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=None, help="keep the trained model and converted GGUF here")
     parser.add_argument("--no-lm-eval", action="store_true")
     parser.add_argument("--suite", action="store_true")
+    parser.add_argument("--suite-only", action="store_true", help="the four-method suite on the trained model only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
@@ -385,10 +391,11 @@ def main() -> None:
             model_dir = work / "trained"
             sequences = train_model(model_dir, args.samples, args.epochs, args.threads, args.layers, args.width,
                                     args.memorized)
-            measure(f"GPT-2 {args.layers} x {args.width} trained {args.epochs} epochs on {args.memorized} of the "
-                    f"{args.samples} documents", str(model_dir), sequences, 33, args)  # BOS + 32 bytes
-            if args.suite:
-                measure_suite(str(model_dir), args.samples, work)
+            if not args.suite_only:
+                measure(f"GPT-2 {args.layers} x {args.width} trained {args.epochs} epochs on {args.memorized} of the "
+                        f"{args.samples} documents", str(model_dir), sequences, 33, args)  # BOS + 32 bytes
+            if args.suite or args.suite_only:
+                measure_suite(str(model_dir), args.samples, work, args.repeats)
         if args.job in ("smollm2", "both"):
             model_dir, sequences = smollm2_model(work / "cache", args.smollm2_samples)
             measure("SmolLM2-135M (GGUF Q4_1 dequantized to float32), English text", model_dir, sequences, 32, args)
