@@ -396,7 +396,7 @@ def main() -> None:
                         f"{args.samples} documents", str(model_dir), sequences, 33, args)  # BOS + 32 bytes
             if args.suite or args.suite_only:
                 measure_suite(str(model_dir), args.samples, work, args.repeats)
-        if args.job in ("smollm2", "both"):
+        if args.job in ("smollm2", "both") and not args.suite_only:
             model_dir, sequences = smollm2_model(work / "cache", args.smollm2_samples)
             measure("SmolLM2-135M (GGUF Q4_1 dequantized to float32), English text", model_dir, sequences, 32, args)
         print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
