@@ -188,11 +188,15 @@ def greedy_head(truth: list[int], predicted: list[int]) -> tuple[list[int], int]
     """The part of greedy decoding one teacher-forced pass decides: the true tokens up to the first
     mispredicted one, then the prediction there; and how many tokens are left to generate. With
     fewer predictions than true tokens and no mistake among them, the true tokens predicted."""
-    first = next((j for j, (a, b) in enumerate(zip(truth, predicted, strict=False)) if a != b), None)
-    if first is None:
-        decided = min(len(truth), len(predicted))
-        return list(truth[:decided]), len(truth) - decided
+    first = matched(predicted, truth)
+    if first == min(len(truth), len(predicted)):
+        return list(truth[:first]), len(truth) - first
     return list(truth[:first]) + [predicted[first]], len(truth) - first - 1
+
+
+def matched(made: Sequence[int], truth: Sequence[int]) -> int:
+    """How many leading tokens of `truth` the tokens `made` reproduce."""
+    return next((j for j, (a, b) in enumerate(zip(made, truth, strict=False)) if a != b), min(len(made), len(truth)))
 
 
 def continue_from_scores(model: Any, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],

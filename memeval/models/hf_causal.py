@@ -23,6 +23,7 @@ from memeval.models.base import (
     GreedyPath,
     TokenScores,
     greedy_head,
+    matched,
 )
 from memeval.models.decode_pool import DecodePool, PoolRow, pool_rows, resident_bytes
 from memeval.models.token_stats import ALL_STATS, position_stats, split_head
@@ -640,11 +641,6 @@ class VerifyDepth:
             return VERIFY_TOKENS
         worth = self.reached[1:] >= self.WORTH * self.rows
         return int(np.argmin(worth)) if not worth.all() else VERIFY_TOKENS
-
-
-def matched(made: Sequence[int], truth: Sequence[int]) -> int:
-    """How many leading tokens of `truth` the greedy path `made` reproduces."""
-    return next((j for j, (a, b) in enumerate(zip(made, truth, strict=False)) if a != b), min(len(made), len(truth)))
 
 
 def _no_stats(states: Any, head: Any, targets: Any, lengths: list[int], batch: list[int]) -> list[None]:

@@ -11,7 +11,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from memeval.errors import UsageError
 from memeval.models import HFCausal, decode_pool
-from memeval.models.hf_causal import VerifyDepth, matched
+from memeval.models.base import matched
+from memeval.models.hf_causal import VerifyDepth
 
 TEXTS = ["red fox jumps", "the lazy dog and cat runs over the red fox", "cat", "zq wx vb 42 and the dog",
          "over the lazy dog", "runs and runs and runs and runs and jumps"]
