@@ -40,7 +40,7 @@ from memeval.blocks import (
 from memeval.cache import OutputCache, output_key
 from memeval.corpus import CorpusIndex, corpus_fingerprint
 from memeval.errors import RegistryError, UsageError
-from memeval.method import Context, Method, MetricSpec, Params
+from memeval.method import SCORED_SAMPLES, Context, Method, MetricSpec, Params
 from memeval.models.base import CausalLM, ModelAdapter, TokenScores, fit_to_context
 from memeval.registry import Registry
 from memeval.results import EvaluationResult, Metric, Records, RunDir
@@ -106,4 +106,6 @@ __all__ = [
     # torch module factories: the built-in MLP and CNN, or any `package.module:callable`
     "ArchitectureParams", "CNNArchitecture", "FactoryArchitecture", "MLPArchitecture", "build_architecture",
     "stratified_folds",
+    # the sharing plan: what a method's teacher-forced scores are (`Method.scored_sequences`)
+    "SCORED_SAMPLES",
 ]

@@ -141,6 +141,12 @@ class OutputCache:
     def writes(self) -> bool:
         return self._conn is not None and self.mode in ("use", "refresh")
 
+    @property
+    def shares(self) -> bool:
+        """Whether an output put now is read back by a later call (`use`): what one method computes
+        for another is reused."""
+        return self.reads and self.writes
+
     def get_many(self, keys: list[str]) -> dict[str, bytes]:
         if not self.reads or not keys:
             return {}

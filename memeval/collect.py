@@ -8,6 +8,7 @@ file, the line, the field and what was expected, with a "did you mean" for near-
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class Item:
     keywords: set[str] = field(default_factory=set)
     matrix: dict[str, Any] = field(default_factory=dict)  # this cell's values, when the spec has a matrix
     base_id: str | None = None                             # the spec's own id, for a matrix cell
+    scored_by_others: frozenset[Hashable] = frozenset()   # memeval.sharing's plan for this item
 
     @property
     def seed(self) -> int | None:

@@ -3,7 +3,7 @@ the `Context` it runs in."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -18,6 +18,10 @@ from memeval.suite import Strict
 if TYPE_CHECKING:
     from memeval.blocks import Section
     from memeval.cache import OutputCache
+
+
+# `Method.scored_sequences` of a method that scores each sample's whole token sequence.
+SCORED_SAMPLES = "samples"
 
 
 class Params(Strict):
@@ -67,6 +71,12 @@ class Context(Protocol):
     @property
     def cache_dir(self) -> Path:
         """The cache directory, for derived artifacts a method builds once (e.g. a corpus index)."""
+
+    @property
+    def scored_by_others(self) -> frozenset[Hashable]:
+        """What the session's other evaluations of this model and dataset score teacher-forced
+        (their methods' `scored_sequences`), for a method that `scores_for_others`: it scores those
+        sequences in its own pass, and the cache gives them to the others."""
 
     def model_named(self, name: str) -> Any:
         """Another model of the suite, named by a param listed in the method's `model_params`."""
@@ -164,6 +174,21 @@ class Method:
         training data in `Sensitive` so `redact: true` can mask it. Called with no model loaded
         (also by `memeval report`)."""
         return []
+
+    @classmethod
+    def scored_sequences(cls, params: BaseModel) -> Hashable | None:
+        """Which teacher-forced scores (`model.score`, cached under one shared key) this method reads
+        for each sample, as a value the sharing plan (`memeval.sharing`) compares across the
+        evaluations of one model and dataset: `SCORED_SAMPLES` for each sample's whole token
+        sequence; None (the default) when the plan need not know."""
+        return None
+
+    @classmethod
+    def scores_for_others(cls, params: BaseModel) -> frozenset[Hashable]:
+        """The `scored_sequences` this method's own forward pass can also score, for less than a
+        pass of their own. When another evaluation of its model and dataset reads one of them, the
+        sharing plan runs this one first and tells it which (`Context.scored_by_others`)."""
+        return frozenset()
 
     def prepare(self, samples: Sequence[Sample], context: Context) -> list[Any]:
         return list(samples)

@@ -17,6 +17,7 @@ BUILTIN_PLUGINS = {
     "loaders": "memeval.data",
     "local": "memeval.runner",
     "ray": "memeval.ray_executor",
+    "sharing": "memeval.sharing",
     "terminal": "memeval.report.terminal",
     "reports": "memeval.report.base",
     "json": "memeval.report.json",

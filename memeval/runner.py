@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from itertools import islice
@@ -94,6 +94,10 @@ class EvaluationContext:
             return own
         model = self.model
         return getattr(getattr(model, "params", None), "batch_size", None) or 16
+
+    @property
+    def scored_by_others(self) -> frozenset[Hashable]:
+        return self.item.scored_by_others
 
     def model_named(self, name: str) -> Any:
         return self.session.model(name)
@@ -429,6 +433,7 @@ def _run_session(session: Session, items: list[Item]) -> ExitCode:
     started = time.perf_counter()
     exit_code = ExitCode.NO_EVALUATIONS if not items else ExitCode.OK
     failure: BaseException | None = None
+    suite_order = {item.id: k for k, item in enumerate(items)}  # results keep it, whatever the running order
     try:
         config.hook.memeval_collection_modifyitems(session=session, items=items)
         session.items = items
@@ -455,6 +460,7 @@ def _run_session(session: Session, items: list[Item]) -> ExitCode:
         result.status, exit_code, failure = "error", ExitCode.INTERNAL_ERROR, exc
         result.error = _where(session, "".join(traceback.format_exception(exc)))
     finally:
+        result.evaluations.sort(key=lambda e: suite_order.get(e.id, len(suite_order)))
         result.finished_at = now()
         result.seconds = round(time.perf_counter() - started, 3)
         exit_code = _finish(session, result, exit_code)

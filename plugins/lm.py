@@ -10,6 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from memeval.api import (
+    SCORED_SAMPLES,
     TOP_N,
     EvaluationResult,
     Method,
@@ -54,6 +55,10 @@ class LMLoss(Method):
         MetricSpec("perplexity_mean", "mean over samples of exp(per-sample loss)", False, "perplexity"),
         MetricSpec("perplexity_median", "median over samples of exp(per-sample loss)", False, "perplexity", "median"),
     )
+
+    @classmethod
+    def scored_sequences(cls, params: LossParams) -> str | None:
+        return SCORED_SAMPLES if params.max_tokens is None else None  # each sample whole, unless cut
 
     def prepare(self, samples: list[Sample], context: Any) -> list[tuple[Sample, list[int], int]]:
         texts = [s for s in samples if s.tokens is None]

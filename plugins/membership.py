@@ -12,6 +12,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from memeval.api import (
+    SCORED_SAMPLES,
     TOP_N,
     EvaluationResult,
     LinePlot,
@@ -123,6 +124,10 @@ class MembershipAttack(Method):
         if params.blind_baseline:
             names += ["blind_auc", "best_auc_over_blind"]
         return names
+
+    @classmethod
+    def scored_sequences(cls, params: MembershipParams) -> str | None:
+        return SCORED_SAMPLES if params.max_tokens is None else None  # each sample whole, unless cut
 
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
         labelled = [(s, True) for s in samples] + [(s, False) for s in context.dataset_named(self.params.non_members)]

@@ -173,6 +173,12 @@ class CausalLM(ModelAdapter):
         return [GreedyPath(tokens, np.asarray(score.margin[len(prompt) - 1:], dtype=np.float32))
                 for prompt, tokens, score in zip(prompts, made, scores, strict=True)]
 
+    def scored_greedy_paths(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]
+                            ) -> list[tuple[TokenScores, GreedyPath]]:
+        """`score` and `greedy_paths` of the same sequences, for a method whose pass other methods
+        share (`memeval.sharing`). Adapters that get both from one teacher-forced pass override it."""
+        return list(zip(self.score(sequences), self.greedy_paths(sequences, prompt_lengths), strict=True))
+
     def sampler_logprobs(self, sequences: Sequence[Sequence[int]], temperature: float = 1.0,
                          top_k: int | None = None, top_p: float | None = None) -> list[np.ndarray]:
         raise NotImplementedError
@@ -299,14 +305,38 @@ class CachedCausalLM:
         scores.update({i: TokenScores.from_bytes(s.to_bytes()) for i, s in fresh.items()})
         return [(scores[i], continuations[i]) for i in range(len(sequences))]
 
-    def greedy_paths(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]) -> list[GreedyPath]:
-        """Cached by prompt and length: the path does not depend on the true tokens after the prompt."""
+    def greedy_paths(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
+                     scored_too: Sequence[bool] | None = None) -> list[GreedyPath]:
+        """Cached by prompt and length: the path does not depend on the true tokens after the prompt.
+        `scored_too[i]`: another evaluation will score sequence i (`memeval.sharing`), so it is
+        scored in the same pass (`scored_greedy_paths`) and its scores cached under the shared
+        `score` key, unless they are cached already."""
         keys = [output_key(self.model_id, "greedy_path", {"new_tokens": len(ids) - p}, ids[:p])
                 for ids, p in zip(sequences, prompt_lengths, strict=True)]
-        return self._cached("greedy_path", keys,
-                            lambda chosen: self.model.greedy_paths([sequences[i] for i in chosen],
-                                                                   [prompt_lengths[i] for i in chosen]),
-                            GreedyPath.to_bytes, GreedyPath.from_bytes)
+
+        def compute(chosen: list[int]) -> list[GreedyPath]:
+            wanted = [i for i in chosen if scored_too and scored_too[i]] if self.cache.shares else []
+            scored = self._unscored(wanted, sequences)
+            paths: dict[int, GreedyPath] = {}
+            plain = [i for i in chosen if i not in scored]
+            if plain:
+                paths.update(zip(plain, self.model.greedy_paths([sequences[i] for i in plain],
+                                                                [prompt_lengths[i] for i in plain]), strict=True))
+            if scored:
+                pairs = self.model.scored_greedy_paths([sequences[i] for i in scored],
+                                                       [prompt_lengths[i] for i in scored])
+                self.cache.put_many(self.model_id, "score", [(key, score.to_bytes()) for key, (score, _)
+                                                             in zip(scored.values(), pairs, strict=True)])
+                paths.update(zip(scored, (path for _, path in pairs), strict=True))
+            return [paths[i] for i in chosen]
+
+        return self._cached("greedy_path", keys, compute, GreedyPath.to_bytes, GreedyPath.from_bytes)
+
+    def _unscored(self, chosen: list[int], sequences: Sequence[Sequence[int]]) -> dict[int, str]:
+        """The `score` keys of the chosen sequences whose scores are not cached, by index."""
+        keys = {i: output_key(self.model_id, "score", {}, sequences[i]) for i in chosen}
+        known = self.cache.get_many(list(keys.values()))
+        return {i: key for i, key in keys.items() if key not in known}
 
     def sequence_logprob(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """Total log-probability per sequence, cached as one number (for scoring many candidates)."""

@@ -277,21 +277,33 @@ class HFCausal(CausalLM):
     def greedy_continuation(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]
                             ) -> list[tuple[TokenScores, list[int]]]:
         """One teacher-forced pass per batch gives the scores and where greedy decoding first
-        leaves the true tokens; generation goes on from there reusing that pass's KV cache: each
-        row attends to its prompt and the true tokens before its divergence, with explicit position
-        ids, so no prefix is computed twice. The rows left to decode are pooled over a few batches
-        and decoded together (`memeval.models.decode_pool`)."""
+        leaves the true tokens; generation goes on from there reusing that pass's KV cache
+        (`scored_greedy_paths`)."""
+        return [(score, path.tokens) for score, path in self.scored_greedy_paths(sequences, prompt_lengths)]
+
+    def scored_greedy_paths(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int]
+                            ) -> list[tuple[TokenScores, GreedyPath]]:
+        """`score` and `greedy_paths` of the same sequences from one teacher-forced pass over each
+        whole sequence: its argmax and margins decide the path up to the first divergence, and
+        decoding goes on from there reusing the pass's KV cache: each row attends to its prompt and
+        the true tokens before its divergence, with explicit position ids, so no prefix is computed
+        twice. The rows left to decode are pooled over a few batches and decoded together
+        (`memeval.models.decode_pool`)."""
 
         def per_batch(states: Any, head: Any, targets: Any, lengths: list[int], batch: list[int]) -> list[Any]:
             return _token_scores(states, head, targets, lengths)
 
-        def plan(i: int, score: TokenScores) -> tuple[list[int], int, int]:
+        def plan(i: int, score: TokenScores) -> tuple[list[int], int, int, list[float]]:
             p = prompt_lengths[i]
             head, remaining = greedy_head(list(sequences[i][p:]), score.argmax[p - 1:].astype(int).tolist())
-            return head, p + len(head) - 1, remaining  # kept: the prompt and the true tokens before the divergence
+            # kept: the prompt and the true tokens before the divergence
+            return head, p + len(head) - 1, remaining, score.margin[p - 1:p - 1 + len(head)].tolist()
 
         columns = max((len(s) - 1 for s in sequences), default=0)
-        return [(score, made) for score, made, _ in self._pooled_greedy(sequences, per_batch, plan, columns)]
+        found = self._pooled_greedy(sequences, per_batch, plan, columns)
+        self._verify_depth.observe(matched(made, sequences[i][p:])
+                                   for i, ((_, made, _), p) in enumerate(zip(found, prompt_lengths, strict=True)))
+        return [(score, GreedyPath(made, np.asarray(margins, dtype=np.float32))) for score, made, margins in found]
 
     def greedy_paths(self, sequences: Sequence[Sequence[int]], prompt_lengths: Sequence[int],
                      verify_tokens: int | None = None) -> list[GreedyPath]:

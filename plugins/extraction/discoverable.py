@@ -3,12 +3,14 @@ the true suffix (Carlini et al. 2022; memorization score of Biderman et al. 2023
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from memeval.api import (
+    SCORED_SAMPLES,
     EvaluationResult,
     Method,
     Metric,
@@ -27,7 +29,9 @@ from memeval_plugins.extraction.units import (
     prefix_suffix_units,
     prompt_length,
     report_cuts,
+    scored_key,
     sequence,
+    shared_rows,
 )
 
 
@@ -105,6 +109,12 @@ class Discoverable(Method):
             return [n for n in names if n != "memorization_score_mean"]
         return names if params.teacher_forced else [n for n in names if n != "teacher_forced_accuracy_mean"]
 
+    @classmethod
+    def scores_for_others(cls, params: DiscoverableParams) -> frozenset[Hashable]:
+        if not params.memorization_score or params.teacher_forced:  # these score every sequence anyway
+            return frozenset()
+        return frozenset({scored_key(params.prefix_tokens, params.suffix_tokens), SCORED_SAMPLES})
+
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
         p = self.params
         units = prefix_suffix_units(samples, context.model, context.warn, p.longest_prefix(), p.suffix_tokens)
@@ -119,7 +129,9 @@ class Discoverable(Method):
         sequences = [sequence(u, p.prefix_tokens) for u in batch]
         prompts = [prompt_length(u, p.prefix_tokens) for u in batch]
         if p.memorization_score and not p.teacher_forced:
-            paths = model.greedy_paths(sequences, prompts)
+            shared = shared_rows(batch, p.prefix_tokens, p.suffix_tokens, context.scored_by_others)
+            paths = model.greedy_paths(sequences, prompts, scored_too=shared) if shared else \
+                model.greedy_paths(sequences, prompts)
             generated = [path.tokens for path in paths]
             decisions = [path_decision(u, path) for u, path in zip(batch, paths, strict=True)]
         else:

@@ -28,6 +28,7 @@ from memeval_plugins.extraction.units import (
     prefix_suffix_units,
     prompt_length,
     report_cuts,
+    scored_key,
     sequence,
 )
 
@@ -64,6 +65,10 @@ class Probabilistic(Method):
         MetricSpec("greedy_extractable_rate", "share of samples greedy decoding reproduces (for comparison)",
                    True, "greedy_exact"),
     )
+
+    @classmethod
+    def scored_sequences(cls, params: ProbabilisticParams) -> tuple[str, int, int]:
+        return scored_key(params.prefix_tokens, params.suffix_tokens)
 
     def prepare(self, samples: list[Sample], context: Any) -> list[dict[str, Any]]:
         p = self.params

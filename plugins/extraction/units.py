@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from memeval.api import Context, Params, Sample, UsageError
+from memeval.api import SCORED_SAMPLES, Context, Params, Sample, UsageError
 
 
 class PrefixSuffixParams(Params):
@@ -58,12 +58,31 @@ def prefix_suffix_units(samples: list[Sample], model: Any, warn: Callable[[str],
             continue
         units.append({"sample": sample, "lead": head, "context": content[-prefix_tokens:],
                       "suffix": rest[:suffix_tokens], "given_prefix": len(content) if sample.prefix is not None else None,
-                      "given_suffix": len(rest) if sample.prefix is not None else None})
+                      "given_suffix": len(rest) if sample.prefix is not None else None,
+                      # lead + context + suffix is the sample's whole token sequence (what lm.loss scores)
+                      "whole": sample.prefix is None and len(content) <= prefix_tokens and len(rest) == suffix_tokens})
     if short:
         warn(f"{short} sample(s) too short for {prefix_tokens} prefix + {suffix_tokens} suffix tokens "
              f"were skipped")
     check_fits_context(units, model, prefix_tokens, suffix_tokens)
     return units
+
+
+def scored_key(prefix_tokens: int, suffix_tokens: int) -> tuple[str, int, int]:
+    """`Method.scored_sequences` of a method that scores each unit's `sequence` at these lengths."""
+    return ("prefix_suffix", prefix_tokens, suffix_tokens)
+
+
+def shared_rows(units: list[dict[str, Any]], prefix_tokens: int, suffix_tokens: int,
+                scored_by_others: frozenset[Any]) -> list[bool] | None:
+    """Which units' `sequence` at these lengths other evaluations score (`Context.scored_by_others`):
+    all of them when a method reads the same prefix and suffix lengths, the units that are their
+    sample's whole sequence when one reads whole samples; None when none are."""
+    if scored_key(prefix_tokens, suffix_tokens) in scored_by_others:
+        return [True] * len(units)
+    if SCORED_SAMPLES in scored_by_others and any(u["whole"] for u in units):
+        return [u["whole"] for u in units]
+    return None
 
 
 def cut_tokens(unit: dict[str, Any], prompt_tokens: int, suffix_tokens: int) -> dict[str, int]:

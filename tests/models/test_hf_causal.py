@@ -296,3 +296,54 @@ def test_greedy_paths_are_cached_by_prompt_and_length(hf_model, tmp_path):
     again = cached.greedy_paths(other_truth, prompts)  # the same prompts: replayed
     assert cached.counter.cache_hits == len(sequences)
     assert [a.tokens for a in first] == [b.tokens for b in again]
+
+
+def test_scored_greedy_paths_give_the_scores_and_the_paths_of_one_pass(hf_model, reference):
+    model, _ = reference
+    words = ["red", "fox", "jumps", "over", "the", "lazy", "dog", "and", "cat", "runs"]
+    sequences = hf_model.tokenize([" ".join(words[(i + k * (1 + i % 3)) % len(words)] for k in range(3 + i % 5))
+                                   for i in range(16)])
+    prompts = [max(1, len(ids) // 3 + i % 4) for i, ids in enumerate(sequences)]
+    generated = [hf_model.generate([ids[:p]], len(ids) - p)[0] for ids, p in zip(sequences, prompts, strict=True)]
+    sequences += [ids[:p] + made for ids, p, made in zip(sequences[:3], prompts[:3], generated[:3], strict=True)]
+    prompts += prompts[:3]
+    generated += generated[:3]  # rows that reproduce their suffix: no decoding at all
+    pairs = hf_model.scored_greedy_paths(sequences, prompts)
+    for (score, path), alone, ids, p, made in zip(pairs, hf_model.score(sequences), sequences, prompts, generated,
+                                                  strict=True):
+        assert path.tokens == made
+        np.testing.assert_allclose(score.logprob, alone.logprob, atol=1e-5)
+        assert score.argmax.tolist() == alone.argmax.tolist()
+        with torch.no_grad():
+            logits = model(torch.tensor([ids[:p] + made])).logits[0, p - 1:-1]
+        top = logits.topk(2, -1).values
+        np.testing.assert_allclose(path.margins, (top[:, 0] - top[:, 1]).numpy(), atol=1e-4)
+
+
+def test_greedy_paths_score_for_others_what_is_not_cached_yet(hf_model, tmp_path, monkeypatch):
+    from memeval.cache import OutputCache, output_key
+    from memeval.models.base import CachedCausalLM
+
+    sequences = [ids for ids in hf_model.tokenize(TEXTS) if len(ids) > 6]
+    prompts = [len(ids) // 2 for ids in sequences]
+    expected = [p.tokens for p in hf_model.greedy_paths(sequences, prompts)]
+    cached = CachedCausalLM(hf_model, OutputCache(tmp_path / "use"))
+    cached.score(sequences[:1])  # another method scored the first already
+    fused: list[list[int]] = []
+    original = hf_model.scored_greedy_paths
+    monkeypatch.setattr(hf_model, "scored_greedy_paths", lambda seqs, ps: fused.extend(seqs) or original(seqs, ps))
+    wanted = [True] * (len(sequences) - 1) + [False]
+    paths = cached.greedy_paths(sequences, prompts, scored_too=wanted)
+    assert [p.tokens for p in paths] == expected
+    assert fused == sequences[1:-1]  # not the one scored already, nor the one nobody reads
+    keys = [output_key(cached.model_id, "score", {}, ids) for ids in sequences]
+    assert set(cached.cache.get_many(keys)) == set(keys[:-1])
+    before = cached.counter.computed
+    scores = cached.score(sequences[:-1])
+    assert cached.counter.computed == before  # replayed
+    for score, alone in zip(scores, hf_model.score(sequences[:-1]), strict=True):
+        np.testing.assert_allclose(score.logprob, alone.logprob, atol=1e-5)
+    fused.clear()
+    off = CachedCausalLM(hf_model, OutputCache(tmp_path / "off", mode="off"))
+    off.greedy_paths(sequences, prompts, scored_too=[True] * len(sequences))
+    assert fused == []  # nothing would keep the scores for anyone
