@@ -4,7 +4,9 @@ memory as the dataset grows 10x.
 The suite scores every sequence with `lm.loss` under a randomly initialised byte-level GPT-2 (speed
 does not depend on the weights). Each (executor, size) runs `memeval run` in a fresh process with
 a fresh output cache, so nothing is replayed; that process reports its own peak RSS (the driver's:
-Ray's workers are other processes, and `ru_maxrss` of RUSAGE_SELF does not count them). Ray runs
+Ray's workers are other processes), as VmHWM of /proc/self/status: `ru_maxrss` of RUSAGE_SELF is
+no measure of it on Linux, as `subprocess` starts the run with vfork + exec and the kernel carries
+the parent's peak (this script's, which converts the data) into the child's `ru_maxrss`. Ray runs
 on a local cluster of `--cpus` CPUs started and shut down by the run itself, so its numbers include
 the cluster's start and the actor pool's; the evaluation's own seconds (run.json) are reported too.
 The records of both executors are checked identical.
@@ -36,12 +38,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 WORDS = ["the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "as", "by", "at", "from",
          "river", "stone", "market", "winter", "garden", "letter", "engine", "violet", "harbor", "signal"]
 
-# Runs the CLI in this process and prints the process's own peak RSS (KiB on Linux) on the last line.
+# Runs the CLI in this process and prints the process's own peak RSS (KiB) on the last line: VmHWM, the
+# peak of this process image only (ru_maxrss would include the parent's peak, see above; it is the
+# fallback where there is no /proc, e.g. macOS, where it is in bytes and the vfork caveat may differ).
 DRIVER = """
 import resource, sys
 from memeval.cli import main
 code = main(sys.argv[1:])
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "EXIT", int(code))
+try:
+    with open("/proc/self/status") as status:
+        peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+except (OSError, StopIteration):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // (1024 if sys.platform == "darwin" else 1)
+print("PEAK_RSS_KB", peak, "EXIT", int(code))
 """
 
 

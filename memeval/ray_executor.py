@@ -157,6 +157,7 @@ class Job:
     threads: int
     method: bytes = b""  # the prepared method instance (its state from `prepare`), cloudpickled
     reader: Any = None  # the CacheReader actor
+    sharing: bool = False  # the driver's cache keeps what one method computes for another (`OutputCache.shares`)
 
 
 class CacheReader:
@@ -178,7 +179,12 @@ class RecordingCache(OutputCache):
 
     mode: str = "off"
     reader: Any = None
+    sharing: bool = False
     entries: dict[str, tuple[str, str, bytes]] = field(default_factory=dict, init=False)
+
+    @property
+    def shares(self) -> bool:
+        return self.sharing
 
     def get_many(self, keys: list[str]) -> dict[str, bytes]:
         found = {key: self.entries[key][2] for key in keys if key in self.entries}
@@ -211,7 +217,7 @@ def worker_context(job: Job) -> EvaluationContext:
     pm = make_plugin_manager(job.plugins)
     config = Config(options=options, pluginmanager=pm, registry=build_registry(pm))
     session = Session(config, job.item.suite, Path(tempfile.mkdtemp(prefix="memeval-worker-")))
-    session.cache = RecordingCache(Path(job.cache_dir), reader=job.reader)
+    session.cache = RecordingCache(Path(job.cache_dir), reader=job.reader, sharing=job.sharing)
     return EvaluationContext(session=session, item=job.item)
 
 
@@ -265,7 +271,7 @@ class Pool:
         job = Job(item=self.context.item, plugins=list(getattr(options, "plugins", None) or []),
                   cache_dir=str(session.config.cache_dir.resolve()), seed=session.seed,
                   limit=getattr(options, "limit", None), threads=self.spec.threads, method=self.method,
-                  reader=self.reader)
+                  reader=self.reader, sharing=session.cache.shares)
         actors, cpus = pool_size(self.ray, self.spec)
         actor = self.ray.remote(num_cpus=cpus, num_gpus=self.spec.gpus_per_actor or None, max_restarts=RETRIES,
                                 max_task_retries=RETRIES)(MapActor)

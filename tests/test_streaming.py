@@ -96,12 +96,15 @@ def test_blocks_of_samples_give_the_records_cuts_and_metrics_of_one_block(tiny_m
         assert mine["name"] == theirs["name"] and mine["value"] == pytest.approx(theirs["value"], abs=1e-5)
 
 
-# Runs the CLI in a fresh process and prints its own peak RSS (KiB on Linux) on the last line.
+# Runs the CLI in a fresh process and prints its own peak RSS (KiB) on the last line: VmHWM, not
+# ru_maxrss, which carries the parent's peak (pytest's) into a child that `subprocess` vfork-execs.
 DRIVER = """
-import resource, sys
+import sys
 from memeval.cli import main
 code = main(sys.argv[1:])
-print("PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "EXIT", int(code))
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+print("PEAK_RSS_KB", peak, "EXIT", int(code))
 """
 
 
