@@ -353,8 +353,9 @@ def measure_suite(model_dir: str, samples: int, work: Path, repeats: int) -> Non
             subprocess.run([sys.executable, "-m", "memeval", "run", str(work / "s.yaml"), "--out", str(out),
                             "--cache-dir", str(cache)], check=True, capture_output=True)
             seconds[name].append(time.perf_counter() - started)
-            calls = json.loads((out / "run.json").read_text())["evaluations"][0]["model_calls"]
-            assert calls["computed"] > 0, f"{name}: nothing computed (a cache replayed?)"
+            evaluations = json.loads((out / "run.json").read_text())["evaluations"]
+            computed = sum(e["model_calls"]["computed"] for e in evaluations)
+            assert computed > 0, f"{name}: nothing computed (a cache replayed?)"
     median = {name: statistics.median(runs) for name, runs in seconds.items()}
     slowest = max(median[m] for m in list(plans)[:4])
     print(f"\n## The four LM methods on {samples} member + {samples} non-member texts (one run each, fresh cache; "

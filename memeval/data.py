@@ -147,13 +147,48 @@ def iter_samples(rows: Any, spec: DatasetSpec, suite: SuiteFile, name: str, seed
 
 def _samples(rows: Any, spec: DatasetSpec, suite: SuiteFile, name: str) -> Iterator[Sample]:
     try:
-        for index, row in enumerate(rows):
+        for index, row in enumerate(_rows(rows)):
             yield _sample(row, index, spec)
     except UsageError as exc:
         raise suite.error(("datasets", name), exc.message) from None
     except UnicodeDecodeError:  # Arrow keeps undecodable bytes until a row is read
         found = diagnose(data_files(spec, suite), FILE_BUILDERS.get(spec.loader, "")) if spec.loader in FILE_BUILDERS else None
         raise found or suite.error(("datasets", name), "the data holds text that is not UTF-8") from None
+
+
+def _rows(rows: Any) -> Iterator[dict[str, Any]]:
+    """The rows in order. A dataset that is exactly its Arrow cache files (no shuffle, selection,
+    format or features to decode) is read from them a record batch at a time: through the memory
+    map `datasets` reads by, every page read stays in the process's resident memory, which then
+    grows with the data (10 MB for 20,000 rows of 64 token ids)."""
+    files = _arrow_files(rows)
+    if files is None:
+        yield from rows
+        return
+    import pyarrow as pa
+
+    for path in files:
+        with pa.OSFile(path) as source:
+            for batch in pa.ipc.open_stream(source):
+                yield from batch.to_pylist()
+
+
+def _arrow_files(rows: Any) -> list[str] | None:
+    """The Arrow stream files that hold `rows` whole and in order, else None."""
+    from datasets.features.features import require_decoding
+
+    files = [f["filename"] for f in getattr(rows, "cache_files", None) or []]
+    if not files or getattr(rows, "_indices", None) is not None or rows.format.get("type") is not None:
+        return None
+    if any(require_decoding(feature) for feature in rows.features.values()):
+        return None
+    import pyarrow as pa
+
+    total = 0
+    for path in files:  # counted through a map closed at once: only the batches' headers are read
+        with pa.memory_map(path) as source:
+            total += sum(batch.num_rows for batch in pa.ipc.open_stream(source))
+    return files if total == len(rows) else None
 
 
 def _sample(row: dict[str, Any], index: int, spec: DatasetSpec) -> Sample:
@@ -182,9 +217,10 @@ def _is_plain(value: Any) -> bool:
 def stream_texts(rows: Any, spec: DatasetSpec) -> Iterator[str]:
     """The text of each row, one at a time (rows stay in the memory-mapped Arrow table)."""
     count = len(rows) if spec.limit is None else min(spec.limit, len(rows))
+    ordered = _rows(rows)
     for index in range(count):
         try:
-            row = rows[index]
+            row = next(ordered)
         except UnicodeDecodeError:
             raise UsageError(f"row {index} holds text that is not UTF-8") from None
         if spec.text_field is not None:

@@ -78,3 +78,19 @@ def test_hub_dataset_offline_is_a_clear_usage_error(tmp_path):
 def test_prefix_without_suffix_is_rejected():
     with pytest.raises(ValueError, match="go together"):
         DatasetSpec.model_validate({"loader": "jsonl", "path": "x", "prefix_field": "p"})
+
+
+@pytest.mark.parametrize("path", ["d.jsonl", "shards", "d.parquet"])
+def test_rows_of_plain_arrow_files_are_read_from_them_not_through_the_map(files, path):
+    from memeval import data
+
+    loader = "parquet" if path.endswith("parquet") else "jsonl"
+    dataset = DatasetSpec.model_validate({"loader": loader, "path": path})
+    rows = builtin_loaders()[loader](dataset, suite_file(files))
+    assert data._arrow_files(rows) == [f["filename"] for f in rows.cache_files]
+    assert list(data._rows(rows)) == list(rows)
+    # Anything that is not the files whole and in order is read through `datasets`.
+    assert data._arrow_files(rows.with_format("numpy")) is None
+    for changed in (rows.select(range(2, 7)), rows.select([3, 1, 2]), rows.shuffle(seed=0)):
+        assert data._arrow_files(changed) is None
+        assert list(data._rows(changed)) == list(changed)
