@@ -148,6 +148,7 @@ class MethodContext:
     def __init__(self, model, batch_size: int):
         self.model, self.batch_size, self.seed = model, batch_size, 0
         self.params, self.warnings, self.artifacts = None, [], {}
+        self.scored_by_others: frozenset = frozenset()  # alone in its run: no other evaluation reads its scores
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
