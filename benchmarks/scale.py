@@ -18,7 +18,7 @@ driver runs no tokenizer: the tokenizer's own buffers grow over its first ~20,00
 stay, which at these sizes looks like growth with the data.
 
     .venv/bin/python benchmarks/scale.py [--sizes 2000 20000] [--executors local ray] [--token-ids]
-        [--cpus 2] [--tokens 64] [--layers 2] [--width 128] [--batch-size 64]
+        [--repeats 3] [--cpus 2] [--tokens 64] [--layers 2] [--width 128] [--batch-size 64]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -108,6 +109,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--executors", nargs="+", choices=("local", "ray"), default=["local", "ray"])
     parser.add_argument("--token-ids", action="store_true", help="token-id data: no tokenizer in the driver")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each (executor, size), interleaved")
     args = parser.parse_args()
 
     from memeval.models.recipe import ArchitectureRecipe, save_untrained
@@ -118,29 +120,44 @@ def main() -> None:
         save_untrained(model_dir, ArchitectureRecipe(n_layer=args.layers, n_embd=args.width, n_head=4,
                                                      n_positions=max(128, args.tokens + 8)))
         print(f"lm.loss, GPT-2 {args.layers} x {args.width} (random weights, bytes), {args.tokens} tokens per "
-              f"sequence{' (token ids)' if args.token_ids else ''}, batch {args.batch_size}, 1 torch thread per "
-              f"process; Ray: local cluster of {args.cpus} CPUs", flush=True)
-        print(f"{'executor':>8} {'sequences':>9} {'wall s':>8} {'eval s':>8} {'seq/s (eval)':>12} "
+              f"sequence{' (token ids)' if args.token_ids else ' (text)'}, batch {args.batch_size}, 1 torch thread "
+              f"per process; Ray: local cluster of {args.cpus} CPUs; {args.repeats} runs each", flush=True)
+        print(f"{'executor':>8} {'sequences':>9} {'run':>3} {'wall s':>8} {'eval s':>8} {'seq/s (eval)':>12} "
               f"{'driver peak MB':>14}", flush=True)
-        rows = {}
+        suites = {}
         for n in args.sizes:
             data = root / f"texts-{n}.jsonl"
             write_data(data, n, args.tokens - 1, args.token_ids)  # + BOS
-            suite = write_suite(root, model_dir, data, args.batch_size, args.token_ids)
-            for executor in args.executors:
-                result = run(suite, root / f"out-{executor}-{n}", root / f"cache-{executor}-{n}", executor, args.cpus)
-                rows[executor, n] = result
-                print(f"{executor:>8} {n:>9} {result['wall']:>8.1f} {result['seconds']:>8.1f} "
-                      f"{n / result['seconds']:>12.0f} {result['peak_mb']:>14.0f}", flush=True)
-            if len(args.executors) == 2 and rows["local", n]["records"] != rows["ray", n]["records"]:
-                raise SystemExit(f"the executors' records differ at {n} sequences")
-        small, large = min(args.sizes), max(args.sizes)
-        for executor in args.executors:
-            grow = rows[executor, large]["peak_mb"] - rows[executor, small]["peak_mb"]
-            print(f"{executor}: driver peak {rows[executor, small]['peak_mb']:.0f} -> "
-                  f"{rows[executor, large]['peak_mb']:.0f} MB ({grow:+.0f} MB) for {large / small:g}x the data")
-        if len(args.executors) == 2:
-            print("records identical between the executors at every size")
+            suites[n] = write_suite(root, model_dir, data, args.batch_size, args.token_ids)
+        rows: dict[tuple[str, int], list[dict]] = {}
+        for repeat in range(args.repeats):
+            for n in args.sizes:
+                for executor in args.executors:
+                    where = root / f"{executor}-{n}-{repeat}"
+                    result = run(suites[n], where / "out", where / "cache", executor, args.cpus)
+                    rows.setdefault((executor, n), []).append(result)
+                    print(f"{executor:>8} {n:>9} {repeat + 1:>3} {result['wall']:>8.1f} {result['seconds']:>8.1f} "
+                          f"{n / result['seconds']:>12.0f} {result['peak_mb']:>14.0f}", flush=True)
+                if len({result["records"] for executor in args.executors for result in rows[executor, n]}) != 1:
+                    raise SystemExit(f"records differ between runs or executors at {n} sequences")
+        print("records identical between runs and executors at every size")
+        summarize(rows, args.sizes, args.executors)
+
+
+def summarize(rows: dict[tuple[str, int], list[dict]], sizes: list[int], executors: list[str]) -> None:
+    """Medians (range) of each (executor, size), and the growth of the median driver peak."""
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
+
+    for executor in executors:
+        cells = []
+        for n in sizes:
+            peaks = [r["peak_mb"] for r in rows[executor, n]]
+            rate = median([n / r["seconds"] for r in rows[executor, n]])
+            cells.append(f"{n}: peak {median(peaks):.0f} MB ({min(peaks):.0f}-{max(peaks):.0f}), {rate:.0f} seq/s")
+        small, large = min(sizes), max(sizes)
+        grow = median([r["peak_mb"] for r in rows[executor, large]]) - median([r["peak_mb"] for r in rows[executor, small]])
+        print(f"{executor}: " + "; ".join(cells) + f"; median peak {grow:+.0f} MB for {large / small:g}x the data")
 
 
 if __name__ == "__main__":

@@ -190,6 +190,27 @@ class CausalLM(ModelAdapter):
         raise NotImplementedError
 
 
+# Text the word cache check splits: a pre-tokenizer that keeps it one piece keeps any text whole.
+WORDS_PROBE = "memorized text, cached words"
+
+
+def drop_whole_text_cache(tokenizer: Any) -> Any:
+    """A fast tokenizer's model (BPE, Unigram) caches the tokens of up to 10,000 pre-tokenized pieces
+    under 256 bytes. When the pre-tokenizer splits text into words that bounds a few MB; when it keeps
+    a text whole (byte-level without its regex, as the recipes' byte tokenizer; no pre-tokenizer, as
+    converted SentencePiece models), every distinct text is an entry of ~40 bytes per character, tens of
+    MB that grow with the first 10,000 texts a run reads and are never hit again. Such a tokenizer gets
+    no cache; the tokens are the same."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = getattr(backend, "model", None)
+    if model is None or not hasattr(model, "_resize_cache"):
+        return tokenizer
+    pre = backend.pre_tokenizer
+    if pre is None or len(pre.pre_tokenize_str(WORDS_PROBE)) <= 1:
+        model._resize_cache(0)
+    return tokenizer
+
+
 def greedy_head(truth: list[int], predicted: list[int]) -> tuple[list[int], int]:
     """The part of greedy decoding one teacher-forced pass decides: the true tokens up to the first
     mispredicted one, then the prediction there; and how many tokens are left to generate. With

@@ -22,6 +22,7 @@ from memeval.models.base import (
     CausalLM,
     GreedyPath,
     TokenScores,
+    drop_whole_text_cache,
     greedy_head,
     matched,
 )
@@ -170,7 +171,7 @@ class HFCausal(CausalLM):
                 raise UsageError(f"the tokenizer of {self.location!r} is empty (no tokenizer files?)")
             if tok.pad_token_id is None:
                 tok.pad_token = tok.eos_token
-            self._tokenizer = tok
+            self._tokenizer = drop_whole_text_cache(tok)
         return self._tokenizer
 
     @property

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from memeval.cache import output_key
 from memeval.errors import UsageError
-from memeval.models.base import AdapterContext, ModelAdapter
+from memeval.models.base import AdapterContext, ModelAdapter, drop_whole_text_cache
 from memeval.models.hf_causal import NOT_MODEL_FILES, WEIGHT_AND_CONFIG_FILES
 from memeval.suite import Strict
 from memeval.threads import TorchThreads
@@ -114,6 +114,7 @@ class HFMasked(MaskedLM):
                 raise UsageError(f"cannot load the tokenizer of {self.location!r}: {exc}") from None
             if self._tokenizer.mask_token_id is None:
                 raise UsageError(f"the tokenizer of {self.location!r} has no mask token: not a masked LM")
+            drop_whole_text_cache(self._tokenizer)
         return self._tokenizer
 
     @property

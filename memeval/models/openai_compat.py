@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import Field
 
 from memeval.errors import UsageError
-from memeval.models.base import AdapterContext, CausalLM, TokenScores
+from memeval.models.base import AdapterContext, CausalLM, TokenScores, drop_whole_text_cache
 from memeval.suite import Strict
 
 RETRIED_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
@@ -109,7 +109,7 @@ class OpenAICompat(CausalLM):
             raise UsageError(f"tokenizer: cannot load {self.params.tokenizer!r}: {exc}") from None
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
-        return tok
+        return drop_whole_text_cache(tok)
 
     def tokenize(self, texts: Sequence[str], add_special_tokens: bool | None = None) -> list[list[int]]:
         special = self.params.add_special_tokens if add_special_tokens is None else add_special_tokens

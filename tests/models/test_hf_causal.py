@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -48,6 +52,43 @@ def test_tokenizer_adds_bos_and_round_trips(hf_model):
     ids = hf_model.tokenize(["héllo wörld"])[0]
     assert ids[0] == hf_model.tokenizer.bos_token_id
     assert hf_model.decode(ids[1:]) == "héllo wörld"
+
+
+# Tokenizes 8,000 distinct texts of ~200 bytes in chunks as `tokenize` does; prints how much the
+# resident set grew and a digest of the ids. In its own process: pytest's heap would absorb the growth.
+WORD_CACHE_PROBE = """
+import hashlib, sys
+from transformers import AutoTokenizer
+from memeval.models.base import drop_whole_text_cache
+tok = AutoTokenizer.from_pretrained(sys.argv[1])
+if sys.argv[2] == "memeval":
+    drop_whole_text_cache(tok)
+def rss():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmRSS"))
+texts = [f"{i:05d} " + "memorized text, cached words " * 6 for i in range(8000)]
+tok(texts[:1000])
+before, digest = rss(), hashlib.sha256()
+for start in range(1000, len(texts), 1000):
+    digest.update(repr(tok(texts[start:start + 1000])["input_ids"]).encode())
+print((rss() - before) // 1024, digest.hexdigest())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_tokenizer_that_keeps_texts_whole_does_not_cache_them(tiny_model_dir):
+    """The byte tokenizer keeps each text one piece, so its word cache would hold every distinct text
+    (up to 10,000): memory that grows with the data a run reads. Loaded by memeval it caches none;
+    the same tokens either way."""
+    def grown(mode: str) -> tuple[int, str]:
+        out = subprocess.run([sys.executable, "-c", WORD_CACHE_PROBE, str(tiny_model_dir), mode],
+                             capture_output=True, text=True, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        megabytes, digest = out.stdout.split()
+        return int(megabytes), digest
+
+    plain, memeval = grown("plain"), grown("memeval")
+    assert plain[0] >= 25, plain  # the cache this guards against: 7,000 texts of ~190 bytes
+    assert memeval[0] <= 8, memeval
+    assert memeval[1] == plain[1]
 
 
 def test_batched_greedy_generation_equals_one_by_one_generate(hf_model, reference):
