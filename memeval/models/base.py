@@ -299,8 +299,7 @@ class CachedCausalLM:
         fresh: dict[int, TokenScores] = {}
 
         def compute(chosen: list[int]) -> list[list[int]]:
-            score_keys = {i: output_key(self.model_id, "score", {}, sequences[i]) for i in chosen}
-            known = self.cache.get_many(list(score_keys.values()))
+            score_keys, known = self._cached_scores(chosen, sequences)
             scored = [i for i in chosen if score_keys[i] in known]
             unscored = [i for i in chosen if score_keys[i] not in known]
             out: dict[int, list[int]] = {}
@@ -355,9 +354,14 @@ class CachedCausalLM:
 
     def _unscored(self, chosen: list[int], sequences: Sequence[Sequence[int]]) -> dict[int, str]:
         """The `score` keys of the chosen sequences whose scores are not cached, by index."""
-        keys = {i: output_key(self.model_id, "score", {}, sequences[i]) for i in chosen}
-        known = self.cache.get_many(list(keys.values()))
+        keys, known = self._cached_scores(chosen, sequences)
         return {i: key for i, key in keys.items() if key not in known}
+
+    def _cached_scores(self, chosen: list[int], sequences: Sequence[Sequence[int]]
+                       ) -> tuple[dict[int, str], dict[str, bytes]]:
+        """The `score` key of each chosen sequence, by index, and the cached scores among them."""
+        keys = {i: output_key(self.model_id, "score", {}, sequences[i]) for i in chosen}
+        return keys, self.cache.get_many(list(keys.values()))
 
     def sequence_logprob(self, sequences: Sequence[Sequence[int]]) -> list[float]:
         """Total log-probability per sequence, cached as one number (for scoring many candidates)."""
