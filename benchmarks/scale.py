@@ -14,8 +14,9 @@ The records of both executors are checked identical.
 The data file is turned into Arrow (by `datasets`, once per file, which takes memory in proportion
 to the file up to its block size) before the runs, so every run measures what a run over an
 already-converted dataset holds. `--token-ids` gives the data as token ids (random bytes), so the
-driver runs no tokenizer: the tokenizer's own buffers grow over its first ~20,000 texts and then
-stay, which at these sizes looks like growth with the data.
+driver runs no tokenizer. Each (executor, size) runs `--repeats` times, interleaved, and the summary
+gives medians and ranges: one run's peak varies by up to ~20 MB with where the allocator put torch's
+per-batch tensors.
 
     .venv/bin/python benchmarks/scale.py [--sizes 2000 20000] [--executors local ray] [--token-ids]
         [--repeats 3] [--cpus 2] [--tokens 64] [--layers 2] [--width 128] [--batch-size 64]
